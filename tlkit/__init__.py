@@ -1,0 +1,36 @@
+"""tlkit: a good image model from your own images, fast.
+
+The Python API mirrors the CLI: `tlkit.finetune(recipe, **overrides)`,
+`tlkit.evaluate(target)`, `tlkit.export(run_dir)`, `tlkit.predict(export, images)`.
+Names resolve lazily so `import tlkit` (and `tlkit --help`) stays quick.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+__version__ = "0.1.0"
+
+_API = {
+    "finetune": ("tlkit.train", "finetune"),
+    "evaluate": ("tlkit.evaluation", "evaluate"),
+    "export": ("tlkit.exporting", "export_run"),
+    "predict": ("tlkit.prediction", "predict"),
+    "load_recipe": ("tlkit.recipe", "load_recipe"),
+    "Recipe": ("tlkit.recipe", "Recipe"),
+    "TlkitError": ("tlkit.errors", "TlkitError"),
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        import importlib
+
+        module, attr = _API[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'tlkit' has no attribute '{name}'")

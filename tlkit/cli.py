@@ -1,0 +1,168 @@
+"""`tlkit` command line: parsing and printing only; the work is in the Python API."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """User errors print one line and exit 2; Ctrl-C exits 130 without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from tlkit.errors import TlkitError
+
+        try:
+            return fn(*args, **kwargs)
+        except TlkitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tlkit")
+def cli() -> None:
+    """Transfer learning for image models: finetune, evaluate, export, predict."""
+
+
+@cli.command()
+@click.argument("recipe", required=False)
+@click.option("--data", help="Data source: a folder of class subfolders, tfds:NAME or builtin:shapes.")
+@click.option("--backbone", help="Backbone name (see `tlkit backbones`) or 'scratch'.")
+@click.option("--weights", help="imagenet, none, or a path to a weights file.")
+@click.option("--epochs", type=int, help="Epochs of every stage.")
+@click.option("--batch-size", type=int)
+@click.option("--input-size", type=int, help="Square input side in pixels.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe field, e.g. train.stages.0.learning_rate=0.01 (repeatable).")
+@click.option("--run-dir", type=click.Path(), help="Run directory (default runs/NAME-TIMESTAMP).")
+@click.option("--resume", type=click.Path(), help="Continue an interrupted run from its directory.")
+@click.option("--no-export", is_flag=True, help="Skip the SavedModel export at the end.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")
+@_handle_errors
+def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, resume: str | None, no_export: bool, quiet: bool, **flags: Any) -> None:
+    """Train a classifier from RECIPE (a YAML file or a shipped name; default: quickstart)."""
+    from tlkit.recipe import parse_override
+    from tlkit.train import finetune as run
+
+    overrides = dict(parse_override(s) for s in sets)
+    if resume is None and recipe is None:
+        recipe = "quickstart"
+    result = run(
+        recipe,
+        overrides=overrides or None,
+        run_dir=run_dir,
+        resume=resume,
+        quiet=quiet,
+        export=False if no_export else None,
+        **flags,
+    )
+    click.echo(f"run directory: {result.run_dir}")
+    if result.export_dir:
+        click.echo(f"export: {result.export_dir}")
+    click.echo(f"{result.metrics['split']} accuracy: {result.metrics['accuracy']:.4f}  ({result.seconds:.1f} s)")
+
+
+@cli.command()
+@click.argument("target", type=click.Path())
+@click.option("--data", help="Data source to evaluate on (default: the run's own).")
+@click.option("--split", help="train, val or test (default: test if there is one, else val).")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_handle_errors
+def evaluate(target: str, data: str | None, split: str | None, as_json: bool) -> None:
+    """Metrics of a run directory or an export (TARGET) on a split."""
+    from tlkit.evaluation import evaluate as run
+
+    metrics = run(target, data=data, split=split)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+        return
+    click.echo(f"split {metrics['split']}: {metrics['num_examples']} images")
+    click.echo(f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   top-{metrics['top_k']} {metrics['top_k_accuracy']:.4f}")
+    width = max(len(n) for n in metrics["per_class"])
+    click.echo(f"{'class':<{width}}  precision  recall     f1  support")
+    for name, row in metrics["per_class"].items():
+        click.echo(f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--out", type=click.Path(), help="Model folder (default saved_models/NAME); the version goes under it.")
+@click.option("--version", "version", type=int, help="Version number (default: next free).")
+@_handle_errors
+def export(run_dir: str, out: str | None, version: int | None) -> None:
+    """Export RUN_DIR as a SavedModel: OUT/VERSION with labels.txt and metadata.json."""
+    from tlkit.exporting import export_run
+
+    export_run(run_dir, out=out, version=version)
+
+
+@cli.command()
+@click.argument("export_path", metavar="EXPORT", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", default=3, show_default=True, type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, predictions}.")
+@_handle_errors
+def predict(export_path: str, images: tuple[str, ...], top_k: int, as_json: bool) -> None:
+    """Classify IMAGES with an export (a version folder or a model folder)."""
+    from tlkit.prediction import predict as run
+
+    results = run(export_path, list(images), top_k=top_k)
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                click.echo(f"{r['path']}: error: {r['error']}")
+                continue
+            shown = ", ".join(f"{p['label']} {p['score']:.3f}" for p in r["predictions"])
+            click.echo(f"{r['path']}: {shown}")
+    if any("error" in r for r in results):
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--no-params", is_flag=True, help="Skip building each model to count parameters (faster).")
+@_handle_errors
+def backbones(no_params: bool) -> None:
+    """List the registered backbones with input sizes and parameter counts."""
+    from tlkit.models.backbones import count_params, list_backbones
+
+    click.echo(f"{'name':<20} {'input':>5} {'min':>4} {'params':>12}  options")
+    for spec in list_backbones():
+        params = "" if no_params else f"{count_params(spec.name):,}"
+        click.echo(f"{spec.name:<20} {spec.default_size:>5} {spec.min_size:>4} {params:>12}  {', '.join(spec.options) or '-'}")
+
+
+@cli.command("recipe")
+@click.argument("recipe", required=False)
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE")
+@click.option("--reference", is_flag=True, help="Print the table of every recipe field instead.")
+@_handle_errors
+def show_recipe(recipe: str | None, sets: tuple[str, ...], reference: bool) -> None:
+    """Print a recipe resolved with defaults and overrides (or the field reference)."""
+    from tlkit.recipe import load_recipe, recipe_reference
+
+    if reference:
+        click.echo(recipe_reference())
+        return
+    click.echo(load_recipe(recipe or "quickstart", list(sets)).to_yaml(), nl=False)
+
+
+def main() -> None:
+    cli(prog_name="tlkit")
+
+
+if __name__ == "__main__":
+    main()

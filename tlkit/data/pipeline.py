@@ -1,0 +1,73 @@
+"""tf.data pipelines: resize, cache, shuffle, batch, augment (train only), prefetch.
+
+Images leave the pipeline as float32 in [0, 255] at the model's input size;
+the backbone's own normalization lives inside the model, so training and the
+exported model see exactly the same preprocessing.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tlkit.data.sources import SplitData
+from tlkit.recipe import Augment
+
+AUTOTUNE = tf.data.AUTOTUNE
+CACHE_BUDGET_BYTES = 2 * 1024**3  # decoded + resized uint8 images kept in memory up to this size
+
+
+def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
+    """The one resize used in training, evaluation and the export: bilinear, antialiased, float32 out."""
+    return tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear", antialias=True)
+
+
+def augmenter(augment: Augment, seed: int) -> keras.Sequential | None:
+    """Keras preprocessing layers for the transforms whose strength is not zero."""
+    layers: list[keras.layers.Layer] = []
+    if augment.flip != "none":
+        layers.append(keras.layers.RandomFlip(augment.flip, seed=seed))
+    if augment.rotation > 0:
+        layers.append(keras.layers.RandomRotation(augment.rotation, fill_mode="reflect", seed=seed + 1))
+    if augment.zoom > 0:
+        layers.append(keras.layers.RandomZoom(augment.zoom, fill_mode="reflect", seed=seed + 2))
+    if augment.translation > 0:
+        layers.append(
+            keras.layers.RandomTranslation(augment.translation, augment.translation, fill_mode="reflect", seed=seed + 3)
+        )
+    if augment.contrast > 0:
+        layers.append(keras.layers.RandomContrast(augment.contrast, value_range=(0, 255), seed=seed + 4))
+    if augment.brightness > 0:
+        layers.append(keras.layers.RandomBrightness(augment.brightness, value_range=(0, 255), seed=seed + 5))
+    return keras.Sequential(layers, name="augment") if layers else None
+
+
+def make_pipeline(
+    split: SplitData,
+    image_size: int,
+    num_classes: int,
+    batch_size: int,
+    *,
+    training: bool = False,
+    augment: Augment | None = None,
+    seed: int = 0,
+    cache: bool = True,
+) -> tf.data.Dataset:
+    """Batches of (float32 images, one-hot labels); one-hot so label smoothing works."""
+    ds = split.dataset.map(
+        lambda image, label: (tf.cast(tf.round(resize_image(image, image_size)), tf.uint8), label),
+        num_parallel_calls=AUTOTUNE,
+    )
+    if cache and split.size * image_size * image_size * 3 <= CACHE_BUDGET_BYTES:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(split.size, 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(
+        lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes)),
+        num_parallel_calls=AUTOTUNE,
+    )
+    aug = augmenter(augment, seed) if training and augment is not None else None
+    if aug is not None:
+        ds = ds.map(lambda image, label: (aug(image, training=True), label), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,139 @@
+"""Export a run as a TF Serving SavedModel that carries its own preprocessing and labels.
+
+Layout: OUT/VERSION/{saved_model.pb, variables/, labels.txt, metadata.json}.
+Signatures take raw images (uint8 of any size, or encoded JPEG/PNG/GIF/BMP
+bytes), resize and normalize inside, and return probabilities and class names,
+so a caller never needs to know how the backbone wants its pixels.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from tlkit import runs
+from tlkit.data.decode import decode_image
+from tlkit.data.pipeline import resize_image
+from tlkit.errors import TlkitError
+from tlkit.models.classifier import input_size, load_run_model
+from tlkit.recipe import Recipe, load_recipe
+
+METADATA = "metadata.json"
+
+
+def _versions(out: Path) -> list[int]:
+    if not out.is_dir():
+        return []
+    return sorted(int(p.name) for p in out.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def find_export(path: str | Path, required: bool = True) -> Path | None:
+    """A version folder itself, or the newest version under a model folder (TF Serving's rule)."""
+    path = Path(path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    versions = _versions(path)
+    if versions and (path / str(versions[-1]) / "saved_model.pb").is_file():
+        return path / str(versions[-1])
+    if required:
+        raise TlkitError(
+            f"'{path}' is not a tlkit export: expected a folder with saved_model.pb, "
+            "or a model folder with numbered versions (saved_models/NAME/1/saved_model.pb)"
+        )
+    return None
+
+
+def load_export_recipe(export_dir: Path) -> Recipe:
+    meta = runs.read_json(Path(export_dir) / METADATA)
+    return load_recipe(meta["recipe"])
+
+
+def build_archive(model: keras.Model, labels: list[str], size: int) -> keras.export.ExportArchive:
+    """The serving endpoints around a trained Keras classifier."""
+    names = tf.constant(labels)
+
+    def predict(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        probs = tf.nn.softmax(model(images, training=False), axis=-1)
+        return {"probabilities": probs, "classes": tf.gather(names, tf.argmax(probs, axis=-1))}
+
+    def serve_images(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return predict(resize_image(images, size))
+
+    def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        images = tf.map_fn(
+            lambda b: resize_image(decode_image(b), size),
+            image_bytes,
+            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+        )
+        return predict(images)
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        "serving_default", serve_images, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+    )
+    archive.add_endpoint(
+        "serving_bytes", serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+    )
+    return archive
+
+
+def export_run(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    version: int | None = None,
+    quiet: bool = False,
+) -> Path:
+    """Write OUT/VERSION atomically: a failed export leaves no partial version folder."""
+    run_dir = runs.require_run_dir(run_dir)
+    recipe = load_recipe(run_dir / runs.RECIPE)
+    labels = runs.read_labels(run_dir)
+    out = Path(out) if out is not None else Path(recipe.export.dir) / (recipe.export.name or recipe.name)
+    existing = _versions(out)
+    version = version if version is not None else (existing[-1] + 1 if existing else 1)
+    if version < 0:
+        raise TlkitError(f"export version must be a non-negative integer, got {version}")
+    final = out / str(version)
+    if final.exists():
+        raise TlkitError(f"{final} already exists: choose another --version (existing: {existing})")
+    model = load_run_model(run_dir)
+    size = input_size(recipe)
+    metrics = runs.read_json(run_dir / runs.METRICS) if (run_dir / runs.METRICS).is_file() else {}
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".tmp-{version}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build_archive(model, labels, size).write_out(str(tmp), verbose=False)
+        runs.write_labels(tmp, labels)
+        runs.write_json(tmp / METADATA, _metadata(recipe, labels, size, metrics, run_dir))
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not quiet:
+        print(f"exported SavedModel to {final}", flush=True)
+    return final
+
+
+def _metadata(recipe: Recipe, labels: list[str], size: int, metrics: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    return {
+        "task": recipe.task,
+        "backbone": recipe.model.backbone,
+        "input_size": size,
+        "labels": labels,
+        "metrics": metrics,
+        "signatures": {
+            "serving_default": "images: uint8 [batch, height, width, 3] -> probabilities, classes",
+            "serving_bytes": "image_bytes: string [batch] (JPEG/PNG/GIF/BMP) -> probabilities, classes",
+        },
+        "recipe": recipe.to_dict(),
+        "run_dir": str(run_dir.resolve()),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "versions": runs.package_versions(),
+    }

@@ -1,0 +1,413 @@
+"""Recipes: one validated object for a whole run, from YAML, CLI flags or Python.
+
+A recipe is data. The YAML file, `--set a.b=value` overrides and keyword
+arguments of the Python API all resolve to the same `Recipe`, and the run
+directory stores its resolved form so any run can be repeated from its folder.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tlkit.errors import TlkitError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class _Strict(BaseModel):
+    """Unknown keys are errors: a typo must never be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+PositiveInt = Field(gt=0)
+
+
+class Augment(_Strict):
+    """Training-only augmentation; each strength 0 turns that transform off."""
+
+    flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
+    rotation: float = Field(0.0, ge=0.0, le=1.0, description="fraction of a full turn, as keras RandomRotation")
+    zoom: float = Field(0.0, ge=0.0, lt=1.0)
+    translation: float = Field(0.0, ge=0.0, lt=1.0)
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+    brightness: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class Data(_Strict):
+    """Where images come from and how they are split and cleaned."""
+
+    source: str = Field("builtin:shapes", description="a folder, 'tfds:NAME[/CONFIG]' or 'builtin:shapes[/CONFIG]'")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="held out for validation when the source has no val split")
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="held out for test when the source has no test split")
+    train_split: str = Field("train", description="TFDS split name (TFDS sources)")
+    val_split: str | None = Field(None, description="TFDS split for validation; default: 'validation' if it exists, else carved from train")
+    test_split: str | None = Field(None, description="TFDS split for test; default: 'test' if it exists")
+    tfds_data_dir: str | None = Field(None, description="TFDS data dir; default: TFDS's own (~/tensorflow_datasets)")
+    on_bad_file: Literal["skip", "fail"] = "skip"
+    augment: Augment = Field(default_factory=Augment)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "Data":
+        if self.val_fraction + self.test_fraction >= 1.0:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        return self
+
+
+class ScratchBlock(_Strict):
+    """One Conv -> [BatchNorm] -> activation -> [pool] -> [dropout] block of the from-scratch stack."""
+
+    filters: int = PositiveInt
+    kernel_size: int = Field(3, gt=0)
+    stride: int = Field(1, gt=0)
+    padding: Union[Literal["same", "valid"], int] = "same"
+    dilation: int = Field(1, gt=0)
+    activation: Literal["relu", "leaky_relu", "elu", "gelu", "selu", "swish", "tanh", "sigmoid", "relu6", "linear"] = "relu"
+    batch_norm: bool = True
+    pool: Literal["max", "avg", "none"] = "max"
+    pool_size: int = Field(2, gt=0)
+    pool_stride: int | None = Field(None, gt=0, description="default: pool_size")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("padding")
+    @classmethod
+    def _padding(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("padding must be 'same', 'valid' or a non-negative integer")
+        return value
+
+
+def _default_blocks() -> list[ScratchBlock]:
+    return [ScratchBlock(filters=f) for f in (32, 64, 128)]
+
+
+class Head(_Strict):
+    """Global average pooling -> dropout -> dense to the classes."""
+
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class Model(_Strict):
+    """Backbone (registry name or 'scratch') plus head."""
+
+    backbone: str = "scratch"
+    weights: str = Field("imagenet", description="'imagenet', 'none' or a path to a Keras weights file (.h5/.weights.h5)")
+    input_size: int | None = Field(None, gt=0, description="square input side in pixels; default: the backbone's")
+    options: dict[str, Any] = Field(default_factory=dict, description="backbone constructor options, e.g. {alpha: 0.25}")
+    blocks: list[ScratchBlock] = Field(default_factory=_default_blocks, description="from-scratch stack (backbone: scratch)")
+    head: Head = Field(default_factory=Head)
+
+
+class Stage(_Strict):
+    """One call to fit(): which layers train, with which optimizer and schedule."""
+
+    name: str = "stage"
+    epochs: int = Field(5, gt=0)
+    unfreeze: Union[Literal["none", "all"], int] = Field(
+        "all", description="backbone layers that train: none (head only), all, or the top N"
+    )
+    batchnorm: Literal["auto", "frozen", "train"] = Field(
+        "auto",
+        description="frozen: the backbone's BatchNorm stays in inference mode; auto: frozen for pretrained weights, train otherwise",
+    )
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    learning_rate: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0.0)
+    schedule: Literal["constant", "cosine", "step", "plateau"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    step_every: int = Field(3, gt=0, description="step schedule: epochs between decays")
+    step_factor: float = Field(0.1, gt=0.0, le=1.0, description="step/plateau: multiply the rate by this")
+    plateau_patience: int = Field(2, gt=0)
+    clipnorm: float | None = Field(None, gt=0.0)
+
+    @field_validator("unfreeze")
+    @classmethod
+    def _unfreeze(cls, value: Any) -> Any:
+        if isinstance(value, int) and value < 0:
+            raise ValueError("unfreeze must be 'none', 'all' or a non-negative number of layers")
+        return value
+
+
+class EarlyStopping(_Strict):
+    enabled: bool = False
+    patience: int = Field(3, gt=0)
+    monitor: str = "val_loss"
+
+
+class Train(_Strict):
+    """What every stage shares."""
+
+    batch_size: int = Field(32, gt=0)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    class_weights: Union[Literal["none", "auto"], dict[str, float]] = "none"
+    monitor: str = Field("val_accuracy", description="metric that picks the best checkpoint")
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    tensorboard: bool = False
+    stages: list[Stage] = Field(default_factory=lambda: [Stage(name="train")], min_length=1)
+
+
+class Export(_Strict):
+    enabled: bool = Field(True, description="export a SavedModel at the end of finetune")
+    dir: str = Field("saved_models", description="exports go to DIR/NAME/VERSION")
+    name: str | None = Field(None, description="default: the recipe's name")
+
+
+class Recipe(_Strict):
+    """A whole run: data, model, training stages, export."""
+
+    name: str = "run"
+    task: Literal["classification"] = "classification"
+    seed: int = 1337
+    data: Data = Field(default_factory=Data)
+    model: Model = Field(default_factory=Model)
+    train: Train = Field(default_factory=Train)
+    export: Export = Field(default_factory=Export)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic class that owns the field at `loc`, to list its keys in errors."""
+    cls: Any = Recipe
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part) if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        inner = getattr(ann, "__args__", None)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            cls = ann
+        elif inner:
+            found = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+            if not found:
+                return None
+            cls = found[0]
+        else:
+            return None
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _describe(err: ValidationError, origin: str) -> str:
+    by_place: dict[str, list[str]] = {}
+    for e in err.errors():
+        # pydantic adds union member tags ('literal[...]', 'int') to the location: drop them
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in {"int", "str", "float"})))
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            owner = _model_at(loc)
+            allowed = sorted(owner.model_fields) if owner else []
+            msg = f"unknown key '{where}'"
+            close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            if close:
+                msg += f"; did you mean '{close[0]}'?"
+            if allowed:
+                msg += f" Allowed keys here: {', '.join(allowed)}"
+            by_place.setdefault(msg, [])
+            continue
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "a mapping"
+        by_place.setdefault(f"'{where}' = {shown}", []).append(e["msg"].replace("Value error, ", ""))
+    lines = [f"{place}: {' or '.join(dict.fromkeys(msgs))}" if msgs else place for place, msgs in by_place.items()]
+    return f"invalid recipe ({origin}): " + "; ".join(lines)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=value` with the value read as YAML (numbers, booleans, lists)."""
+    if "=" not in item:
+        raise TlkitError(f"override '{item}' must look like section.key=value, e.g. train.batch_size=16")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise TlkitError(f"override '{item}' has no key before '='")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key in a nested dict; numeric parts index lists (train.stages.0.epochs)."""
+    parts = key.split(".")
+    if "*" in parts:  # train.stages.*.epochs=3 sets the key in every item of the list
+        star = parts.index("*")
+        head = ".".join(parts[:star])
+        items = _get(data, parts[:star])
+        if not isinstance(items, list):
+            raise TlkitError(f"override '{key}': '{head}' is not a list, so '*' cannot index it")
+        for i in range(len(items)):
+            apply_override(data, ".".join([*parts[:star], str(i), *parts[star + 1 :]]), copy.deepcopy(value))
+        return
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, parts[: i + 1])
+            continue
+        if part not in node or node[part] is None:
+            node[part] = {}
+        node = node[part]
+        if not isinstance(node, (dict, list)):
+            raise TlkitError(f"override '{key}': '{'.'.join(parts[: i + 1])}' is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        idx = _list_index(node, last, parts)
+        node[idx] = value
+    else:
+        node[last] = value
+
+
+def _get(data: Any, parts: list[str]) -> Any:
+    node = data
+    for part in parts:
+        if isinstance(node, list):
+            node = _list_item(node, part, parts)
+        elif isinstance(node, dict):
+            node = node.get(part)
+        else:
+            return None
+    return node
+
+
+SHORTCUTS = {
+    "data": "data.source",
+    "backbone": "model.backbone",
+    "weights": "model.weights",
+    "input_size": "model.input_size",
+    "batch_size": "train.batch_size",
+    "epochs": "train.stages.*.epochs",
+    "name": "name",
+}
+
+
+def shortcut_overrides(**flags: Any) -> dict[str, Any]:
+    """CLI flags and API keywords (`epochs=3`, `train__batch_size=8`) as dotted overrides."""
+    out = {}
+    for flag, value in flags.items():
+        if value is None:
+            continue
+        out[SHORTCUTS.get(flag, flag.replace("__", "."))] = value
+    return out
+
+
+def _list_index(node: list[Any], part: str, path: list[str]) -> int:
+    if not part.lstrip("-").isdigit():
+        raise TlkitError(f"override '{'.'.join(path)}': '{part}' must be a list index (0..{len(node) - 1})")
+    idx = int(part)
+    if not -len(node) <= idx < len(node):
+        raise TlkitError(f"override '{'.'.join(path)}': index {idx} is out of range; the list has {len(node)} items")
+    return idx
+
+
+def _list_item(node: list[Any], part: str, path: list[str]) -> Any:
+    return node[_list_index(node, part, path)]
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """A path, or the name of a shipped recipe (`quickstart` -> recipes/quickstart.yaml)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    for candidate in (RECIPES_DIR / f"{name_or_path}.yaml", RECIPES_DIR / str(name_or_path)):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) if RECIPES_DIR.is_dir() else []
+    raise TlkitError(
+        f"recipe '{name_or_path}' not found: give a YAML file path or one of the shipped recipes: {', '.join(shipped) or '(none)'}"
+    )
+
+
+def load_recipe(
+    source: "str | Path | dict[str, Any] | Recipe | None" = None,
+    overrides: "dict[str, Any] | list[str] | None" = None,
+) -> Recipe:
+    """Resolve a recipe from a file, a shipped name, a dict or a Recipe, then apply overrides.
+
+    `overrides` is either {"train.batch_size": 16} or ["train.batch_size=16"].
+    """
+    origin = "python"
+    if source is None:
+        source = "quickstart"
+    if isinstance(source, Recipe):
+        data = source.to_dict()
+    elif isinstance(source, dict):
+        data = copy.deepcopy(source)
+    else:
+        path = resolve_recipe_path(source)
+        origin = str(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise TlkitError(f"recipe {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise TlkitError(f"recipe {path} must be a mapping of sections (data, model, train, export)")
+        data.setdefault("name", path.stem)
+        _resolve_relative_source(data, path.parent)
+    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    if items:
+        try:  # make defaults explicit so overrides can reach into them (train.stages.*.epochs)
+            data = Recipe.model_validate(data).to_dict()
+        except ValidationError:
+            pass
+    for key, value in items:
+        apply_override(data, key, value)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise TlkitError(_describe(exc, origin)) from None
+
+
+def _resolve_relative_source(data: dict[str, Any], base: Path) -> None:
+    """Relative paths in a recipe (data folder, weights file) are relative to the recipe file."""
+    for section, key, keywords in (("data", "source", ()), ("model", "weights", ("imagenet", "none"))):
+        value = (data.get(section) or {}).get(key)
+        if not isinstance(value, str) or value in keywords or Path(value).is_absolute():
+            continue
+        if ":" in value.split("/")[0]:  # tfds:NAME, builtin:shapes
+            continue
+        data[section][key] = str((base / value).resolve())
+
+
+def recipe_reference() -> str:
+    """Markdown table of every recipe field, generated from the classes so it never drifts."""
+    rows = ["| field | type | default | description |", "|---|---|---|---|"]
+
+    def walk(cls: type[BaseModel], prefix: str) -> None:
+        for name, field in cls.model_fields.items():
+            ann = field.annotation
+            key = f"{prefix}{name}"
+            sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            args = getattr(ann, "__args__", ())
+            listed = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+            if sub is not None:
+                walk(sub, key + ".")
+                continue
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+                default = f"{len(default)} items"
+            type_text = str(ann).replace("typing.", "").replace("NoneType", "None")
+            if getattr(ann, "__origin__", None) is Literal:
+                type_text = " / ".join(str(a) for a in ann.__args__)
+            elif isinstance(ann, type):
+                type_text = ann.__name__
+            rows.append(f"| `{key}` | {type_text.replace('|', 'or')} | `{default}` | {field.description or ''} |")
+            if listed is not None:
+                walk(listed, key + "[]." )
+
+    walk(Recipe, "")
+    return "\n".join(rows)

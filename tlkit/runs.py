@@ -1,0 +1,102 @@
+"""The run directory: every file a run leaves behind, written atomically.
+
+Later commands (evaluate, export, predict, resume) read only what is here, so
+a run can be repeated or continued from its own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tlkit.errors import TlkitError
+
+RECIPE = "recipe.yaml"
+LABELS = "labels.txt"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+BEST = "best.keras"
+FINAL = "final.keras"
+SKIPPED = "skipped_files.txt"
+VERSIONS = "versions.json"
+STATE = "state.json"
+BACKUP = "backup"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def write_labels(folder: Path, names: list[str]) -> None:
+    atomic_write_text(Path(folder) / LABELS, "".join(f"{n}\n" for n in names))
+
+
+def read_labels(folder: Path) -> list[str]:
+    path = Path(folder) / LABELS
+    if not path.is_file():
+        raise TlkitError(f"{folder} has no {LABELS}: it is not a tlkit run directory or export")
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("tlkit", "tensorflow", "keras", "tensorflow-datasets", "numpy", "pydantic", "click", "pyyaml"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def new_run_dir(name: str, run_dir: str | Path | None = None, root: str | Path = "runs") -> Path:
+    """`runs/NAME-YYYYmmdd-HHMMSS` unless the user chose a folder; never reuse a finished run."""
+    if run_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = Path(root) / f"{name}-{stamp}"
+        n = 1
+        while path.exists():
+            n += 1
+            path = Path(root) / f"{name}-{stamp}-{n}"
+    else:
+        path = Path(run_dir)
+        if (path / METRICS).exists():
+            raise TlkitError(
+                f"run directory {path} already holds a finished run; choose another --run-dir "
+                f"(or `tlkit finetune --resume {path}` to continue an interrupted one)"
+            )
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def require_run_dir(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise TlkitError(f"run directory '{path}' does not exist")
+    if not (path / RECIPE).is_file():
+        raise TlkitError(f"'{path}' is not a tlkit run directory: it has no {RECIPE}")
+    return path
