@@ -26,7 +26,7 @@ from tlkit.data.pipeline import make_pipeline
 from tlkit.data.sources import DataBundle, load_data
 from tlkit.errors import TlkitError
 from tlkit.evaluation import evaluate_keras_model
-from tlkit.models.classifier import apply_stage, build_classifier, input_size, resolve_batchnorm
+from tlkit.models.classifier import apply_stage, build_classifier, check_model, input_size, resolve_batchnorm
 from tlkit.recipe import Recipe, Stage, load_recipe, parse_override, shortcut_overrides
 
 
@@ -270,6 +270,7 @@ def finetune(
         run_path = None
         state = {}
 
+    check_model(rec)
     keras.utils.set_random_seed(rec.seed)
     bundle = load_data(rec.data, rec.seed, progress=not quiet)
     if "val" not in bundle.splits:

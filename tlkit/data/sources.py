@@ -147,17 +147,17 @@ def _bundle_from_builder(builder, name: str, data: Data, seed: int) -> DataBundl
     def pick(wanted: str | None, default: str) -> str | None:
         if wanted is not None:
             base = wanted.split("[")[0]
-            if base not in available:
+            if available and base not in available:
                 raise TlkitError(f"TFDS dataset '{name}' has no split '{base}'; it has: {', '.join(available)}")
             return wanted
-        return default if default in available else None
+        return default if default in available or (not available and default == "train") else None
 
     train = pick(data.train_split, "train")
     val = pick(data.val_split, "validation")
     test = pick(data.test_split, "test")
     if train is None:
         raise TlkitError(f"TFDS dataset '{name}' has no split 'train'; set data.train_split to one of: {', '.join(available)}")
-    n_train = builder.info.splits[train].num_examples
+    n_train = len(_labels(builder, train, image_key, label_key))
     if val is None and data.val_fraction > 0 or test is None and data.test_fraction > 0:
         # carve missing splits from train with TFDS slicing: deterministic and streaming
         n_val = int(round(n_train * data.val_fraction)) if val is None else 0
@@ -170,11 +170,7 @@ def _bundle_from_builder(builder, name: str, data: Data, seed: int) -> DataBundl
         train = f"{train}[:{keep}]"
 
     def split_data(split: str) -> SplitData:
-        raw = builder.as_dataset(split=split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
-        labels = np.concatenate(
-            [b for b in raw.map(lambda ex: ex[label_key]).batch(4096).as_numpy_iterator()] or [np.zeros(0, np.int64)]
-        )
-        labels = remap.numpy()[labels.astype(np.int64)]
+        labels = remap.numpy()[_labels(builder, split, image_key, label_key)]
         ds = builder.as_dataset(split=split, shuffle_files=False)
         ds = ds.map(
             lambda ex: (_to_rgb(ex[image_key]), tf.gather(remap, tf.cast(ex[label_key], tf.int32))),
@@ -188,6 +184,14 @@ def _bundle_from_builder(builder, name: str, data: Data, seed: int) -> DataBundl
     if test:
         splits["test"] = split_data(test)
     return DataBundle(class_names, splits, f"{name} ({builder.info.full_name})")
+
+
+def _labels(builder, split: str, image_key: str, label_key: str) -> np.ndarray:
+    """A split's labels without decoding its images."""
+    tfds = _tfds()
+    raw = builder.as_dataset(split=split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
+    batches = list(raw.map(lambda ex: ex[label_key]).batch(4096).as_numpy_iterator())
+    return np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, np.int64)
 
 
 def _to_rgb(image: tf.Tensor) -> tf.Tensor:

@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 
 from tlkit.errors import TlkitError
-from tlkit.models.backbones import build_backbone, get_backbone
+from tlkit.models.backbones import build_backbone, get_backbone, validate_model
 from tlkit.models.preprocess import Preprocess
 from tlkit.recipe import Recipe, Stage
 
@@ -20,6 +20,16 @@ from tlkit.recipe import Recipe, Stage
 def input_size(recipe: Recipe) -> int:
     """The recipe's input size, else the backbone's default."""
     return recipe.model.input_size or get_backbone(recipe.model.backbone).default_size
+
+
+def check_model(recipe: Recipe) -> None:
+    """Fail on a bad backbone, option, size or weights path before any data is read."""
+    size = input_size(recipe)
+    spec = validate_model(recipe.model.backbone, size, recipe.model.options, recipe.model.weights)
+    if spec.name == "scratch":
+        from tlkit.models.scratch import block_sizes
+
+        block_sizes(recipe.model.blocks, size)
 
 
 def build_classifier(recipe: Recipe, num_classes: int) -> keras.Model:
