@@ -97,11 +97,20 @@ class Model(_Strict):
     """Backbone (registry name or 'scratch') plus head."""
 
     backbone: str = "scratch"
-    weights: str = Field("imagenet", description="'imagenet', 'none' or a path to a Keras weights file (.h5/.weights.h5)")
+    weights: str | None = Field(
+        None,
+        description="'imagenet', 'none' or a path to a Keras weights file (.h5/.weights.h5); default: imagenet, none for scratch",
+    )
     input_size: int | None = Field(None, gt=0, description="square input side in pixels; default: the backbone's")
     options: dict[str, Any] = Field(default_factory=dict, description="backbone constructor options, e.g. {alpha: 0.25}")
     blocks: list[ScratchBlock] = Field(default_factory=_default_blocks, description="from-scratch stack (backbone: scratch)")
     head: Head = Field(default_factory=Head)
+
+    @model_validator(mode="after")
+    def _default_weights(self) -> "Model":
+        if self.weights is None:
+            self.weights = "none" if self.backbone == "scratch" else "imagenet"
+        return self
 
 
 class Stage(_Strict):

@@ -395,6 +395,7 @@ def _run_stage(
         initial_epoch=epoch,
         epochs=epoch + stage.epochs,
         class_weight=weights,
+        shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
         callbacks=callbacks,
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
     )

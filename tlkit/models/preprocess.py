@@ -1,4 +1,11 @@
-"""Backbone input normalization as a layer, so every saved model normalizes by itself."""
+"""Backbone input scaling as a Keras layer, so a saved model carries its own preprocessing.
+
+Every tlkit model takes float32 RGB images in [0, 255]. Pretrained backbones were
+trained on differently scaled inputs; `Preprocess(mode)` maps [0, 255] to what
+the backbone expects, with the same arithmetic as the matching
+`keras.applications.<module>.preprocess_input`. Being a layer (not a tf.data
+map) it is part of the exported model, so serving cannot forget it.
+"""
 
 from __future__ import annotations
 
@@ -6,41 +13,45 @@ from typing import Any
 
 import keras
 
-MODES = ("tf", "torch", "caffe", "unit", "none")
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+MODES: dict[str, str] = {
+    "tf": "x / 127.5 - 1 (MobileNet, MobileNetV2, ResNetV2, Xception, InceptionV3)",
+    "torch": "x / 255, minus the ImageNet mean, divided by its std (DenseNet)",
+    "caffe": "RGB -> BGR, minus the ImageNet BGR mean (ResNet50)",
+    "none": "identity: the backbone includes its own preprocessing (EfficientNet, MobileNetV3, ConvNeXt)",
+    "unit": "x / 255 (from-scratch stack)",
+}
+
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 
 @keras.saving.register_keras_serializable(package="tlkit")
 class Preprocess(keras.layers.Layer):
-    """float32 RGB in [0, 255] -> what the backbone was trained on.
+    """Scale [0, 255] RGB images the way the backbone was trained (see `MODES`)."""
 
-    tf: [-1, 1] (MobileNet/V2, ResNetV2, Xception, InceptionV3); torch: ImageNet
-    mean/std (DenseNet); caffe: BGR minus mean (ResNet50); unit: [0, 1] (scratch);
-    none: the backbone normalizes inside (EfficientNet, MobileNetV3, ConvNeXt).
-    """
-
-    def __init__(self, mode: str = "tf", **kwargs: Any):
+    def __init__(self, mode: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mode not in MODES:
-            raise ValueError(f"unknown preprocess mode '{mode}'; one of {MODES}")
+            raise ValueError(f"unknown preprocess mode '{mode}'; expected one of: {', '.join(MODES)}")
         self.mode = mode
 
-    def call(self, x):
-        ops = keras.ops
-        x = ops.cast(x, "float32")
+    def call(self, inputs: Any) -> Any:
+        x = keras.ops.cast(inputs, self.compute_dtype)
         if self.mode == "tf":
             return x / 127.5 - 1.0
-        if self.mode == "torch":
-            return (x / 255.0 - ops.array(_IMAGENET_MEAN)) / ops.array(_IMAGENET_STD)
-        if self.mode == "caffe":
-            return ops.flip(x, axis=-1) - ops.array(_CAFFE_MEAN_BGR)
         if self.mode == "unit":
             return x / 255.0
-        return x
+        if self.mode == "torch":
+            mean = keras.ops.convert_to_tensor(_TORCH_MEAN, dtype=self.compute_dtype)
+            std = keras.ops.convert_to_tensor(_TORCH_STD, dtype=self.compute_dtype)
+            return (x / 255.0 - mean) / std
+        if self.mode == "caffe":
+            mean = keras.ops.convert_to_tensor(_CAFFE_BGR_MEAN, dtype=self.compute_dtype)
+            return keras.ops.flip(x, axis=-1) - mean
+        return x  # "none"
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Any) -> Any:
         return input_shape
 
     def get_config(self) -> dict[str, Any]:

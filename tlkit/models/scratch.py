@@ -1,13 +1,22 @@
-"""The from-scratch stack: Conv -> [BatchNorm] -> activation -> [pool] -> [dropout] blocks.
+"""The from-scratch stack: blocks of Conv -> [BatchNorm] -> activation -> [pool] -> [dropout].
 
-Every size follows the rule the project grew from:
-`out = floor((in + 2*pad - kernel_eff) / stride) + 1`, kernel_eff = dilation*(kernel-1)+1.
+Sizes follow the textbook rule, checked before anything is built so a recipe
+that would shrink a feature map to nothing fails with the block and numbers:
+
+    out = floor((in + 2*pad - kernel_eff) / stride) + 1,  kernel_eff = dilation*(kernel-1) + 1
+
+with padding 'valid' = pad 0, an integer = that many zeros on each side
+(a ZeroPadding2D layer before a 'valid' conv), and 'same' = ceil(in / stride).
+Keras pooling never pads ('valid').
+
+Layers are named `block{i}_pad`, `block{i}_conv`, `block{i}_bn`, `block{i}_act`,
+`block{i}_pool`, `block{i}_dropout` (i from 1), so features can be read off by name.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Literal, Sequence
 
 import keras
 
@@ -15,65 +24,92 @@ from tlkit.errors import TlkitError
 from tlkit.recipe import ScratchBlock
 
 
-def conv_output_size(size: int, kernel: int, stride: int, padding: "str | int", dilation: int = 1) -> int:
-    """Output side of a convolution; 'same' keeps ceil(in/stride), 'valid' pads nothing."""
+def conv_output_size(
+    size: int, kernel: int, stride: int, padding: "Literal['same', 'valid'] | int", dilation: int = 1
+) -> int:
+    """Output side of a convolution (0 when the kernel no longer fits), as Keras computes it."""
     if padding == "same":
         return math.ceil(size / stride)
     pad = 0 if padding == "valid" else int(padding)
     effective = dilation * (kernel - 1) + 1
-    return (size + 2 * pad - effective) // stride + 1
+    return max((size + 2 * pad - effective) // stride + 1, 0)
 
 
 def pool_output_size(size: int, pool_size: int, stride: int | None = None) -> int:
-    """Keras pooling pads nothing ('valid')."""
+    """Output side of Keras Max/AveragePooling2D ('valid'; stride defaults to pool_size)."""
     return conv_output_size(size, pool_size, stride or pool_size, "valid")
 
 
-_ACTIVATIONS = {
-    "leaky_relu": lambda name: keras.layers.LeakyReLU(negative_slope=0.1, name=name),
-    "elu": lambda name: keras.layers.ELU(name=name),
-    "relu6": lambda name: keras.layers.ReLU(max_value=6.0, name=name),
-}
+def _as_blocks(blocks: Sequence[Any]) -> list[ScratchBlock]:
+    """Accept ScratchBlock objects or plain dicts (the Python API), validated the same way."""
+    out = []
+    for i, b in enumerate(blocks, 1):
+        if isinstance(b, ScratchBlock):
+            out.append(b)
+            continue
+        try:
+            out.append(ScratchBlock.model_validate(b))
+        except Exception as exc:  # pydantic ValidationError: a user mistake in the block
+            raise TlkitError(f"scratch block {i} is invalid: {exc}") from None
+    return out
 
 
-def _activation(kind: str, name: str) -> keras.layers.Layer:
-    make = _ACTIVATIONS.get(kind)
-    return make(name) if make else keras.layers.Activation(kind, name=name)
+def block_sizes(blocks: Sequence[Any], input_size: int) -> list[tuple[int, int]]:
+    """(after conv, after pool) side of each block; TlkitError naming the block if one would vanish.
 
-
-def block_sizes(blocks: Sequence[ScratchBlock], input_size: int) -> list[tuple[int, int]]:
-    """(after conv, after pool) side of each block; a TlkitError when one would vanish."""
+    Needs no building, so a recipe can be checked before any data is read.
+    """
+    blocks = _as_blocks(blocks)
+    if not blocks:
+        raise TlkitError("backbone 'scratch' needs at least one entry in model.blocks")
+    if input_size < 1:
+        raise TlkitError(f"input_size must be positive, got {input_size}")
     sizes = []
     size = input_size
     for i, b in enumerate(blocks, 1):
+        if b.stride > 1 and b.dilation > 1:
+            raise TlkitError(
+                f"scratch block {i}: stride {b.stride} with dilation {b.dilation} is not supported by Keras; "
+                "use stride 1 or dilation 1"
+            )
         conv = conv_output_size(size, b.kernel_size, b.stride, b.padding, b.dilation)
         if conv < 1:
+            dil = f" dilation {b.dilation}" if b.dilation > 1 else ""
             raise TlkitError(
                 f"scratch block {i}: input {size}x{size} with kernel {b.kernel_size} stride {b.stride} "
-                f"padding {b.padding} dilation {b.dilation} gives {max(conv, 0)}x{max(conv, 0)}; "
-                "lower kernel/stride or raise model.input_size"
+                f"padding {b.padding}{dil} gives {conv}x{conv}; "
+                "lower kernel/stride or raise input_size (model.input_size)"
             )
-        pooled = conv if b.pool == "none" else pool_output_size(conv, b.pool_size, b.pool_stride)
-        if pooled < 1:
-            raise TlkitError(
-                f"scratch block {i}: {conv}x{conv} is too small for a {b.pool_size}x{b.pool_size} pool; "
-                "set pool: none or raise model.input_size"
-            )
+        pooled = conv
+        if b.pool != "none":
+            pooled = pool_output_size(conv, b.pool_size, b.pool_stride)
+            if pooled < 1:
+                raise TlkitError(
+                    f"scratch block {i}: {b.pool} pooling {b.pool_size} (stride {b.pool_stride or b.pool_size}) "
+                    f"on {conv}x{conv} gives {pooled}x{pooled}; set pool: none or raise input_size (model.input_size)"
+                )
         sizes.append((conv, pooled))
         size = pooled
     return sizes
 
 
+def _activation(kind: str, name: str) -> keras.layers.Layer:
+    """One layer per activation; leaky_relu uses slope 0.1 (Keras' 0.3 default is steep for CNNs)."""
+    if kind == "leaky_relu":
+        return keras.layers.LeakyReLU(negative_slope=0.1, name=name)
+    return keras.layers.Activation(kind, name=name)
+
+
 def build_scratch(blocks: Sequence[ScratchBlock], input_size: int, name: str = "backbone") -> keras.Model:
-    if not blocks:
-        raise TlkitError("backbone 'scratch' needs at least one entry in model.blocks")
+    """A randomly initialised CNN from recipe blocks; output is the last block's feature map (no pooling)."""
+    blocks = _as_blocks(blocks)
     block_sizes(blocks, input_size)
     inputs = keras.Input((input_size, input_size, 3), name="scratch_input")
     x = inputs
     for i, b in enumerate(blocks, 1):
         padding = b.padding
         if isinstance(padding, int):
-            if padding:
+            if padding > 0:
                 x = keras.layers.ZeroPadding2D(padding, name=f"block{i}_pad")(x)
             padding = "valid"
         x = keras.layers.Conv2D(
@@ -87,7 +123,7 @@ def build_scratch(blocks: Sequence[ScratchBlock], input_size: int, name: str = "
             name=f"block{i}_conv",
         )(x)
         if b.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+            x = keras.layers.BatchNormalization(momentum=0.9, name=f"block{i}_bn")(x)  # few steps: stats must settle fast
         x = _activation(b.activation, f"block{i}_act")(x)
         if b.pool != "none":
             pool = keras.layers.MaxPooling2D if b.pool == "max" else keras.layers.AveragePooling2D
@@ -98,7 +134,17 @@ def build_scratch(blocks: Sequence[ScratchBlock], input_size: int, name: str = "
 
 
 def scratch_skip_layers(blocks: Sequence[ScratchBlock]) -> tuple[str, ...]:
-    """Activation outputs just before each downsampling: the skips a U-Net decoder takes."""
-    return tuple(
-        f"block{i}_act" for i, b in enumerate(blocks, 1) if b.pool != "none" or b.stride > 1
-    )
+    """`block{i}_act` of every block whose output is downsampled next: the U-Net skips, shallow first.
+
+    A block's activation feeds a skip when its own pooling has stride > 1 or the
+    next block's conv has stride > 1, i.e. it is the last full-resolution
+    feature map of its level. The stack's output itself is not a skip.
+    """
+    blocks = _as_blocks(blocks)
+    names = []
+    for i, b in enumerate(blocks, 1):
+        pools_down = b.pool != "none" and (b.pool_stride or b.pool_size) > 1
+        next_strides = i < len(blocks) and blocks[i].stride > 1
+        if pools_down or next_strides:
+            names.append(f"block{i}_act")
+    return tuple(names)

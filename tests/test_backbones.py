@@ -1,0 +1,288 @@
+"""Backbone registry: every entry builds, its skip layers sit at the strides it claims, errors are one clear line."""
+
+from __future__ import annotations
+
+import math
+import socket
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tlkit.errors import TlkitError
+from tlkit.models.backbones import (
+    REGISTRY,
+    BackboneSpec,
+    build_backbone,
+    count_params,
+    get_backbone,
+    keras_models_dir,
+    list_backbones,
+    register_backbone,
+    skip_layer_outputs,
+    validate_model,
+)
+from tlkit.models.preprocess import MODES, Preprocess
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+MOBILENET_025 = SHARED_DATA / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+
+# channels of the stride-32 feature map with default options
+CHANNELS = {
+    "scratch": 128,
+    "mobilenet": 1024,
+    "mobilenet_v2": 1280,
+    "mobilenet_v3_small": 576,
+    "mobilenet_v3_large": 960,
+    "efficientnet_b0": 1280,
+    "efficientnet_b1": 1280,
+    "efficientnet_b2": 1408,
+    "efficientnet_b3": 1536,
+    "efficientnet_v2_b0": 1280,
+    "efficientnet_v2_b1": 1280,
+    "resnet50": 2048,
+    "resnet50_v2": 2048,
+    "convnext_tiny": 768,
+    "densenet121": 1024,
+    "xception": 2048,
+    "inception_v3": 2048,
+}
+# what Keras gives at the test size max(64, min_size): 64 -> 2x2; Xception at 71 -> 3x3; InceptionV3 at 75 -> 1x1
+OUT_SIDE = {"xception": 3, "inception_v3": 1, "scratch": 8}
+
+_BUILT: dict[str, keras.Model] = {}
+
+
+def _test_size(spec: BackboneSpec) -> int:
+    return max(64, spec.min_size)
+
+
+def _built(name: str) -> keras.Model:
+    """Each backbone is built once per session: building all of them is most of this file's time."""
+    if name not in _BUILT:
+        _BUILT[name] = build_backbone(name, _test_size(get_backbone(name)), "none")
+    return _BUILT[name]
+
+
+def test_registry_has_the_promised_backbones():
+    names = {spec.name for spec in list_backbones()}
+    assert set(CHANNELS) <= names
+    for spec in list_backbones():
+        assert spec.name == spec.name.lower()
+        assert spec.preprocess in MODES
+        assert spec.min_size <= spec.default_size
+        assert len(spec.skip_layers) == len(spec.skip_strides)
+        assert list(spec.skip_strides) == sorted(spec.skip_strides) and set(spec.skip_strides) <= {2, 4, 8, 16}
+    assert get_backbone("xception").default_size == 299 and get_backbone("efficientnet_b3").default_size == 300
+
+
+@pytest.mark.parametrize("name", sorted(CHANNELS))
+def test_backbone_builds_and_skips_sit_at_their_strides(name):
+    spec = get_backbone(name)
+    size = _test_size(spec)
+    model = _built(name)
+    assert model.name == "backbone"
+    side = OUT_SIDE.get(name, 2)
+    assert tuple(model.output.shape) == (None, side, side, CHANNELS[name])
+    features = model(np.zeros((1, size, size, 3), "float32"), training=False)
+    assert tuple(features.shape) == (1, side, side, CHANNELS[name])
+
+    skips = skip_layer_outputs(model, spec)
+    # the default scratch blocks pool by 2 three times: skips before each pool, at strides 1, 2, 4
+    strides = (1, 2, 4) if name == "scratch" else spec.skip_strides
+    assert len(skips) == len(strides)
+    for tensor, stride in zip(skips, strides):
+        h, w = tensor.shape[1:3]
+        assert h == w
+        if spec.aligned:
+            assert h == size // stride, (name, stride, h)
+        else:  # 'valid' convolutions: a few pixels under input/stride
+            assert size / stride - 4 <= h <= math.ceil(size / stride), (name, stride, h)
+    sides = [t.shape[1] for t in skips]
+    assert sides == sorted(sides, reverse=True) and (not sides or sides[-1] > model.output.shape[1])
+
+
+def test_aliases_and_case_insensitive_lookup():
+    for alias, name in [
+        ("MobileNetV2", "mobilenet_v2"),
+        ("EfficientNetB0", "efficientnet_b0"),
+        ("ResNet50", "resnet50"),
+        ("resnet-50-v2", "resnet50_v2"),
+        ("EfficientNetV2B1", "efficientnet_v2_b1"),
+        ("ConvNeXtTiny", "convnext_tiny"),
+        ("MobileNetV3Small", "mobilenet_v3_small"),
+        ("mobilenet_v1", "mobilenet"),
+    ]:
+        assert get_backbone(alias).name == name
+
+
+def test_unknown_name_names_the_closest_match_and_the_list():
+    with pytest.raises(TlkitError) as err:
+        get_backbone("mobilnet_v2")
+    text = str(err.value)
+    assert "'mobilnet_v2'" in text and "Did you mean 'mobilenet_v2'?" in text and "efficientnet_b0" in text
+
+
+def test_option_not_available():
+    with pytest.raises(TlkitError, match=r"option 'alpha' is not available for resnet50; it takes: \(none\)"):
+        build_backbone("resnet50", 64, "none", {"alpha": 0.5})
+    with pytest.raises(TlkitError, match=r"it takes: alpha, depth_multiplier"):
+        validate_model("mobilenet", 64, {"alpah": 0.5}, "none")
+
+
+def test_input_too_small():
+    with pytest.raises(TlkitError, match=r"^mobilenet needs input_size >= 32, got 16"):
+        build_backbone("mobilenet", 16, "none")
+    with pytest.raises(TlkitError, match=r"xception needs input_size >= 71, got 64"):
+        build_backbone("xception", 64, "none")
+
+
+def test_options_reach_the_constructor():
+    small = build_backbone("mobilenet", 64, "none", {"alpha": 0.25})
+    assert small.output.shape[-1] == 256
+    minimal = build_backbone("mobilenet_v3_small", 64, "none", {"minimalistic": True, "alpha": 0.75})
+    spec = get_backbone("mobilenet_v3_small")
+    assert [t.shape[1] for t in skip_layer_outputs(minimal, spec)] == [32, 16, 8, 4]
+
+
+def test_constructor_value_errors_become_tlkit_errors():
+    with pytest.raises(TlkitError, match=r"cannot build mobilenet .*alpha can be one of"):
+        build_backbone("mobilenet", 128, "imagenet", {"alpha": 0.3})
+
+
+def test_missing_weights_file(tmp_path):
+    missing = tmp_path / "nope.h5"
+    with pytest.raises(TlkitError, match="nope.h5' not found"):
+        build_backbone("mobilenet", 64, str(missing))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # from Keras' own saving code
+def test_wrong_weights_file_names_file_and_setup(tmp_path):
+    saved = tmp_path / "scratch.weights.h5"
+    build_backbone("scratch", 32, "none").save_weights(saved)
+    with pytest.raises(TlkitError) as err:
+        build_backbone("mobilenet", 64, str(saved), {"alpha": 0.25})
+    text = str(err.value)
+    assert str(saved) in text and "mobilenet" in text and "input_size 64" in text and "alpha" in text
+    assert "\n" not in text
+    if MOBILENET_025.is_file():  # the real alpha-0.25 file does not fit the default alpha 1.0
+        with pytest.raises(TlkitError, match=r"mobilenet_2_5_224_tf_no_top.h5' into mobilenet \(options \{\}, input_size 128\).*[Ss]hape"):
+            build_backbone("mobilenet", 128, str(MOBILENET_025))
+
+
+def test_imagenet_offline_fails_fast_naming_the_file(monkeypatch):
+    if (keras_models_dir() / "mobilenet_2_5_128_tf_no_top.h5").exists():
+        pytest.skip("the ImageNet file is cached in ~/.keras/models, so nothing is downloaded")
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (no network in this test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(TlkitError) as err:
+        build_backbone("mobilenet", 128, "imagenet", {"alpha": 0.25})
+    assert time.monotonic() - start < 30
+    text = str(err.value)
+    assert "mobilenet_2_5_128_tf_no_top.h5" in text
+    assert "model.weights: PATH" in text and ".keras" in text and "\n" not in text
+    assert socket.getdefaulttimeout() is None  # the download timeout does not leak
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from Keras' own saving code
+def test_scratch_through_the_registry(tmp_path):
+    from tlkit.recipe import ScratchBlock
+
+    blocks = [ScratchBlock(filters=8), ScratchBlock(filters=16, pool="none")]
+    model = build_backbone("scratch", 32, "none", {}, blocks=blocks)
+    assert model.name == "backbone" and tuple(model.output.shape) == (None, 16, 16, 16)
+    assert [t.shape[1] for t in skip_layer_outputs(model, "scratch", blocks)] == [32]
+    with pytest.raises(TlkitError, match="no pretrained weights"):
+        build_backbone("scratch", 32, "imagenet", blocks=blocks)
+    with pytest.raises(TlkitError, match="configured by model.blocks"):
+        build_backbone("scratch", 32, "none", {"alpha": 1.0}, blocks=blocks)
+    # a weights file the same stack saved loads back
+    path = tmp_path / "scratch.weights.h5"
+    model.save_weights(path)
+    again = build_backbone("scratch", 32, str(path), blocks=blocks)
+    np.testing.assert_array_equal(again.get_layer("block1_conv").kernel.numpy(), model.get_layer("block1_conv").kernel.numpy())
+
+
+def test_register_backbone_adds_one_entry():
+    spec = BackboneSpec("tiny_test_net", keras.applications.MobileNet, "tf", 96, 32, (), skip_strides=())
+    try:
+        register_backbone(spec)
+        assert get_backbone("Tiny-Test-Net") is spec
+    finally:
+        REGISTRY.pop("tiny_test_net", None)
+
+
+def test_count_params_is_cached():
+    assert count_params("mobilenet") == 3_228_864
+    assert count_params.cache_info().hits >= 0
+    count_params("mobilenet")
+    assert count_params.cache_info().hits >= 1
+
+
+def test_real_mobilenet_weights_load_at_128():
+    if not MOBILENET_025.is_file():
+        pytest.skip(f"needs {MOBILENET_025} (the real-data folder beside the repository); absent here")
+    import h5py
+
+    model = build_backbone("mobilenet", 128, str(MOBILENET_025), {"alpha": 0.25})
+    assert tuple(model.output.shape) == (None, 4, 4, 256)
+    with h5py.File(MOBILENET_025, "r") as f:
+        kernel = np.asarray(f["conv1"]["conv1"]["kernel:0"])
+    np.testing.assert_array_equal(model.get_layer("conv1").kernel.numpy(), kernel)
+    assert np.abs(model.get_layer("conv1_bn").moving_mean.numpy()).max() > 0  # fresh BN has zero means
+    fresh = build_backbone("mobilenet", 128, "none", {"alpha": 0.25})
+    assert not np.allclose(fresh.get_layer("conv1").kernel.numpy(), kernel)
+
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (2, 128, 128, 3)).astype("float32")
+    images[1] = np.flip(images[1] * 0.5, axis=0)
+    x = Preprocess("tf")(images)
+    pooled = keras.ops.convert_to_numpy(keras.ops.mean(model(x, training=False), axis=(1, 2)))
+    assert np.isfinite(pooled).all()
+    assert not np.allclose(pooled[0], pooled[1], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "mode, reference",
+    [
+        ("tf", lambda x: keras.applications.mobilenet.preprocess_input(x)),
+        ("tf", lambda x: keras.applications.resnet_v2.preprocess_input(x)),
+        ("torch", lambda x: keras.applications.densenet.preprocess_input(x)),
+        ("caffe", lambda x: keras.applications.resnet50.preprocess_input(x)),
+        ("none", lambda x: keras.applications.efficientnet.preprocess_input(x)),
+        ("none", lambda x: keras.applications.convnext.preprocess_input(x)),
+        ("unit", lambda x: x / 255.0),
+    ],
+)
+def test_preprocess_matches_keras_applications(mode, reference):
+    images = np.random.default_rng(1).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
+    expected = np.asarray(reference(images.copy()))
+    got = keras.ops.convert_to_numpy(Preprocess(mode)(images))
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_preprocess_modes_of_the_registry_match_their_families():
+    for name in ("efficientnet_b0", "efficientnet_v2_b0", "mobilenet_v3_small", "convnext_tiny"):
+        assert get_backbone(name).preprocess == "none"
+    assert get_backbone("resnet50").preprocess == "caffe" and get_backbone("densenet121").preprocess == "torch"
+    assert get_backbone("scratch").preprocess == "unit"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from Keras' own saving code
+def test_preprocess_survives_save_and_load(tmp_path):
+    inputs = keras.Input((4, 4, 3))
+    model = keras.Model(inputs, Preprocess("caffe", name="preprocess")(inputs))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert loaded.get_layer("preprocess").get_config()["mode"] == "caffe"
+    x = np.full((1, 4, 4, 3), 200.0, "float32")
+    np.testing.assert_allclose(loaded(x), model(x), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown preprocess mode"):
+        Preprocess("bogus")

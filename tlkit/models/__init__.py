@@ -1,0 +1,1 @@
+"""Model building blocks: backbone registry, input preprocessing, from-scratch stack, classifier."""
