@@ -154,3 +154,22 @@ def test_resume_after_interruption(tmp_path, tfds_dir, monkeypatch):
     assert epochs == [0, 1, 2, 3]  # epoch 2 was finished before the interrupt, so it is not redone
     assert (run_dir / "metrics.json").is_file()
     assert json.loads((run_dir / "state.json").read_text())["completed_stages"] == 2
+
+
+def test_extract_from_run_and_export_agree(trained, tmp_path, tfds_dir):
+    _, run_dir, export_dir = trained
+    out = tmp_path / "feats.npz"
+    proc = run_cli("extract", str(run_dir), "--data", "builtin:shapes/tiny", "--out", str(out), "--split", "test")
+    assert "wrote 40 x 16 features" in proc.stdout
+    with np.load(out) as z:
+        assert z["features"].shape == (40, 16) and z["features"].dtype == np.float32
+        assert list(z["label_names"]) == ["circle", "square", "star", "triangle"]
+        assert z["labels"].shape == (40,) and set(z["splits"]) == {"test"}
+        from_run = z["features"]
+
+    import tlkit
+
+    from_export = tlkit.extract(export_dir, "builtin:shapes/tiny", split="test", progress=False)
+    np.testing.assert_allclose(from_export["features"], from_run, atol=1e-4)
+    maxed = tlkit.extract(run_dir, "builtin:shapes/tiny", split="test", layer="block1_act", pool="max", progress=False)
+    assert maxed["features"].shape == (40, 8)

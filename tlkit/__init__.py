@@ -19,6 +19,7 @@ _API = {
     "evaluate": ("tlkit.evaluation", "evaluate"),
     "export": ("tlkit.exporting", "export_run"),
     "predict": ("tlkit.prediction", "predict"),
+    "extract": ("tlkit.extraction", "extract"),
     "load_recipe": ("tlkit.recipe", "load_recipe"),
     "Recipe": ("tlkit.recipe", "Recipe"),
     "TlkitError": ("tlkit.errors", "TlkitError"),

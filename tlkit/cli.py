@@ -34,7 +34,7 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tlkit")
 def cli() -> None:
-    """Transfer learning for image models: finetune, evaluate, export, predict."""
+    """Transfer learning for image models: finetune, evaluate, export, predict, extract."""
 
 
 @cli.command()
@@ -130,6 +130,31 @@ def predict(export_path: str, images: tuple[str, ...], top_k: int, as_json: bool
             click.echo(f"{r['path']}: {shown}")
     if any("error" in r for r in results):
         sys.exit(1)
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--data", required=True, help="Images to extract: a folder, tfds:NAME or builtin:shapes.")
+@click.option("--split", help="One split only (default: every split, recorded in `splits`).")
+@click.option("--layer", help="A backbone layer name (default: the backbone output).")
+@click.option("--pool", type=click.Choice(["avg", "max", "none"]), default="avg", show_default=True)
+@click.option("--out", type=click.Path(), default="features.npz", show_default=True)
+@click.option("--weights", help="For a backbone name: imagenet, none or a weights file.")
+@click.option("--input-size", type=int, help="For a backbone name: square input side.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Backbone constructor option, e.g. alpha=0.25.")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@_handle_errors
+def extract(source: str, data: str, split: str | None, layer: str | None, pool: str, out: str, weights: str | None, input_size: int | None, options: tuple[str, ...], batch_size: int) -> None:
+    """Write features of DATA's images to a .npz: SOURCE is a run directory, an export or a backbone name."""
+    from tlkit.extraction import extract as run
+    from tlkit.recipe import parse_override
+
+    result = run(
+        source, data, split=split, layer=layer, pool=pool, out=out, weights=weights,
+        input_size=input_size, options=dict(parse_override(o) for o in options), batch_size=batch_size,
+    )
+    n, d = result["features"].shape
+    click.echo(f"wrote {n} x {d} features to {out}")
 
 
 @cli.command()

@@ -66,22 +66,41 @@ def build_archive(model: keras.Model, labels: list[str], size: int) -> keras.exp
         return predict(resize_image(images, size))
 
     def serve_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        images = tf.map_fn(
-            lambda b: resize_image(decode_image(b), size),
-            image_bytes,
-            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
-        )
-        return predict(images)
+        return predict(_decode_batch(image_bytes, size))
+
+    pooled = keras.Model(model.inputs, model.get_layer("pool").output)  # shares the classifier's weights
+
+    def serve_embeddings(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"embeddings": pooled(resize_image(images, size), training=False)}
+
+    def serve_embeddings_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"embeddings": pooled(_decode_batch(image_bytes, size), training=False)}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
+    archive.track(pooled)
     archive.add_endpoint(
         "serving_default", serve_images, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
     )
     archive.add_endpoint(
         "serving_bytes", serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
     )
+    archive.add_endpoint(
+        "embeddings", serve_embeddings, input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
+    )
+    archive.add_endpoint(
+        "embeddings_bytes", serve_embeddings_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+    )
     return archive
+
+
+def _decode_batch(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
+    """Encoded images of any sizes -> one float32 batch at the model's size."""
+    return tf.map_fn(
+        lambda b: resize_image(decode_image(b), size),
+        image_bytes,
+        fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
+    )
 
 
 def export_run(
@@ -131,6 +150,8 @@ def _metadata(recipe: Recipe, labels: list[str], size: int, metrics: dict[str, A
         "signatures": {
             "serving_default": "images: uint8 [batch, height, width, 3] -> probabilities, classes",
             "serving_bytes": "image_bytes: string [batch] (JPEG/PNG/GIF/BMP) -> probabilities, classes",
+            "embeddings": "images: uint8 [batch, height, width, 3] -> embeddings float32 [batch, features]",
+            "embeddings_bytes": "image_bytes: string [batch] -> embeddings",
         },
         "recipe": recipe.to_dict(),
         "run_dir": str(run_dir.resolve()),
