@@ -173,3 +173,30 @@ def test_extract_from_run_and_export_agree(trained, tmp_path, tfds_dir):
     np.testing.assert_allclose(from_export["features"], from_run, atol=1e-4)
     maxed = tlkit.extract(run_dir, "builtin:shapes/tiny", split="test", layer="block1_act", pool="max", progress=False)
     assert maxed["features"].shape == (40, 8)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_frozen_stage_trains_only_the_head(tmp_path, tfds_dir, cache):
+    """unfreeze: none keeps the backbone bit-identical, cached features or not, and still learns."""
+    import tlkit
+    from tlkit.models.classifier import build_classifier
+    from tlkit.recipe import load_recipe
+
+    recipe = tiny_recipe(tfds_dir, tmp_path)
+    recipe["train"]["cache_features"] = cache
+    recipe["train"]["stages"] = [
+        {"name": "all", "epochs": 1, "learning_rate": 0.003},
+        {"name": "head", "epochs": 3, "unfreeze": "none", "learning_rate": 0.01},
+    ]
+    recipe["export"]["enabled"] = False
+    result = tlkit.finetune(recipe, run_dir=tmp_path / "run", quiet=True)
+    assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
+    assert (result.run_dir / "best.keras").is_file() and result.metrics["num_examples"] == 40
+
+    rec = load_recipe(result.run_dir / "recipe.yaml")
+    first, last = build_classifier(rec, 4), build_classifier(rec, 4)
+    first.load_weights(result.run_dir / "stage0.weights.h5")
+    last.load_weights(result.run_dir / "stage1.weights.h5")
+    for a, b in zip(first.get_layer("backbone").weights, last.get_layer("backbone").weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert not np.array_equal(first.get_layer("logits").weights[0].numpy(), last.get_layer("logits").weights[0].numpy())

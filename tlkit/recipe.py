@@ -159,6 +159,13 @@ class Train(_Strict):
     monitor: str = Field("val_accuracy", description="metric that picks the best checkpoint")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     tensorboard: bool = False
+    cache_features: bool = Field(
+        True,
+        description="a stage with unfreeze: none trains the head on backbone features computed once per image",
+    )
+    feature_views: int = Field(
+        1, gt=0, description="with cache_features: 1 = the plain image only; N = it plus N-1 augmented views per image"
+    )
     stages: list[Stage] = Field(default_factory=lambda: [Stage(name="train")], min_length=1)
 
 

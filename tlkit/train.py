@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import signal
 import sys
 import time
@@ -38,6 +39,7 @@ class RunResult:
     history: list[dict[str, float]] = field(default_factory=list)
     export_dir: Path | None = None
     seconds: float = 0.0
+    stages: list[dict[str, Any]] = field(default_factory=list)  # per stage: seconds, images/s (this process)
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -111,6 +113,30 @@ class _LogLearningRate(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class _BestCheckpoint(keras.callbacks.Callback):
+    """Save `target` (the whole classifier, whatever model fit() trains) when `monitor` improves.
+
+    Written beside and renamed, so a kill during the save keeps the previous best.
+    """
+
+    def __init__(self, target: keras.Model, path: Path, monitor: str, best: float | None):
+        super().__init__()
+        self.target, self.path, self.monitor, self.best = target, Path(path), monitor, best
+        self.lower_is_better = "loss" in monitor
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self.best is not None and (value >= self.best if self.lower_is_better else value <= self.best):
+            return
+        self.best = value
+        tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
+        self.target.save(tmp)
+        os.replace(tmp, self.path)
 
 
 def make_optimizer(stage: Stage, steps_per_epoch: int) -> tuple[keras.optimizers.Optimizer, list[keras.callbacks.Callback]]:
@@ -294,6 +320,7 @@ def finetune(
         bundle.splits["train"], size, num_classes, batch, training=True, augment=rec.data.augment, seed=rec.seed
     )
     val_ds = make_pipeline(bundle.splits["val"], size, num_classes, batch)
+    plain_train_ds = make_pipeline(bundle.splits["train"], size, num_classes, batch)
     steps = max(1, math.ceil(bundle.splits["train"].size / batch))
     weights = class_weights(rec, bundle)
 
@@ -302,6 +329,7 @@ def finetune(
     _summary(rec, bundle, run_path, params, quiet)
     fresh = rec.model_copy(update={"model": rec.model.model_copy(update={"weights": "none"})})
     done = int(state.get("completed_stages", 0))
+    timings: list[dict[str, Any]] = []
     epoch = 0
     try:
         with _sigterm_as_interrupt():
@@ -313,7 +341,19 @@ def finetune(
                     # a fresh model per stage: a resumed fit() leaves state on the model object
                     model = build_classifier(fresh, num_classes)
                     model.load_weights(run_path / f"stage{i - 1}.weights.h5")
-                epoch = _run_stage(model, rec, stage, i, run_path, train_ds, val_ds, steps, epoch, weights, quiet)
+                stage_start, first_epoch = time.perf_counter(), epoch
+                epoch = _run_stage(
+                    model, rec, stage, i, run_path, train_ds, plain_train_ds, val_ds, steps, epoch, weights, quiet
+                )
+                seconds = time.perf_counter() - stage_start
+                timings.append(
+                    {
+                        "stage": stage.name,
+                        "epochs": epoch - first_epoch,
+                        "seconds": round(seconds, 2),
+                        "train_images_per_second": round(bundle.splits["train"].size * stage.epochs / seconds, 1),
+                    }
+                )
                 model.save_weights(run_path / f"stage{i}.weights.h5")
                 runs.write_json(run_path / runs.STATE, {"completed_stages": i + 1, "epoch": epoch})
     except KeyboardInterrupt:
@@ -342,7 +382,7 @@ def finetune(
 
         export_dir = export_run(run_path, quiet=quiet)
     return RunResult(
-        run_path, metrics, bundle.class_names, read_history(run_path), export_dir, time.perf_counter() - started
+        run_path, metrics, bundle.class_names, read_history(run_path), export_dir, time.perf_counter() - started, timings
     )
 
 
@@ -353,6 +393,7 @@ def _run_stage(
     index: int,
     run_path: Path,
     train_ds,
+    plain_train_ds,
     val_ds,
     steps: int,
     epoch: int,
@@ -360,10 +401,16 @@ def _run_stage(
     quiet: bool,
 ) -> int:
     apply_stage(model, stage, resolve_batchnorm(rec, stage))
+    if not quiet:
+        print(f"stage {index + 1}/{len(rec.train.stages)}: {stage.name}", flush=True)
+    trained = model
+    if stage.unfreeze == "none" and rec.train.cache_features:
+        trained, train_ds, val_ds = _feature_head(model, train_ds, plain_train_ds, val_ds, rec, quiet)
+        steps = int(train_ds.cardinality())
     optimizer, schedule_callbacks = make_optimizer(stage, steps)
     num_classes = model.output_shape[-1]
     k = min(5, max(1, num_classes - 1))
-    model.compile(
+    trained.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=rec.train.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), keras.metrics.TopKCategoricalAccuracy(k, name="top_k_accuracy")],
@@ -374,12 +421,7 @@ def _run_stage(
         *schedule_callbacks,
         _LogLearningRate(),
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.ModelCheckpoint(
-            str(run_path / runs.BEST),
-            monitor=monitor,
-            save_best_only=True,
-            initial_value_threshold=_best_so_far(run_path / runs.HISTORY, monitor),
-        ),
+        _BestCheckpoint(model, run_path / runs.BEST, monitor, _best_so_far(run_path / runs.HISTORY, monitor)),
         keras.callbacks.CSVLogger(str(run_path / runs.HISTORY), append=True),
     ]
     es = rec.train.early_stopping
@@ -387,9 +429,7 @@ def _run_stage(
         callbacks.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, restore_best_weights=False))
     if rec.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_path / "tensorboard")))
-    if not quiet:
-        print(f"stage {index + 1}/{len(rec.train.stages)}: {stage.name}", flush=True)
-    model.fit(
+    trained.fit(
         train_ds,
         validation_data=val_ds,
         initial_epoch=epoch,
@@ -400,3 +440,45 @@ def _run_stage(
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
     )
     return epoch + stage.epochs
+
+
+def _feature_head(model: keras.Model, train_ds, plain_train_ds, val_ds, rec: Recipe, quiet: bool):
+    """A frozen backbone gives the same features every epoch: compute them once, train the head on them.
+
+    Returns (head model sharing the classifier's head layers, train features, val features).
+    With `feature_views: N`, the train features hold the plain view plus N-1 augmented views.
+    """
+    import tensorflow as tf
+
+    pooled = keras.Model(model.inputs, model.get_layer("pool").output)
+    call = tf.function(lambda x: pooled(x, training=False), reduce_retracing=True)
+
+    def features(batches) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for images, labels in batches:
+            xs.append(call(images).numpy())
+            ys.append(labels.numpy())
+        return np.concatenate(xs), np.concatenate(ys)
+
+    start = time.perf_counter()
+    views = [features(plain_train_ds)] + [features(train_ds) for _ in range(rec.train.feature_views - 1)]
+    train_x = np.concatenate([v[0] for v in views])
+    train_y = np.concatenate([v[1] for v in views])
+    val_x, val_y = features(val_ds)
+    _say(quiet, f"  backbone features cached: {len(train_x)} train, {len(val_x)} val, {train_x.shape[1]} wide, "
+         f"{time.perf_counter() - start:.1f} s")
+    inputs = keras.Input((train_x.shape[1],), name="features")
+    x = inputs
+    names = [layer.name for layer in model.layers]
+    for name in names[names.index("pool") + 1 :]:
+        x = model.get_layer(name)(x)
+    head = keras.Model(inputs, x, name="head")
+    batch = rec.train.batch_size
+    train = (
+        tf.data.Dataset.from_tensor_slices((train_x, train_y))
+        .shuffle(len(train_x), seed=rec.seed, reshuffle_each_iteration=True)
+        .batch(batch)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    val = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(batch)
+    return head, train, val
