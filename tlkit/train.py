@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -105,6 +106,25 @@ class _PlateauWarmup(keras.callbacks.Callback):
             self.model.optimizer.learning_rate = self.base * (step + 1) / self.warmup_steps
         elif step == self.warmup_steps:
             self.model.optimizer.learning_rate = self.base
+
+
+class _EpochEstimate(keras.callbacks.Callback):
+    """After the first batches, say how long an epoch will take: the user decides early whether to wait."""
+
+    def __init__(self, steps: int, after: int = 8):
+        super().__init__()
+        self.steps, self.after, self.start, self.done = steps, after, 0.0, False
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 1 and not self.done:  # batch 0 includes tracing: time from the second one
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.done or batch != min(self.after, self.steps - 1) or batch < 1:
+            return
+        self.done = True
+        per_step = (time.perf_counter() - self.start) / batch
+        print(f"  estimated time per epoch: {per_step * self.steps:.1f} s ({per_step * 1000:.0f} ms/step, {self.steps} steps)", flush=True)
 
 
 class _LogLearningRate(keras.callbacks.Callback):
@@ -316,11 +336,14 @@ def finetune(
     num_classes = len(bundle.class_names)
     size = input_size(rec)
     batch = rec.train.batch_size
+    cache = run_path / "cache"
+    shutil.rmtree(cache, ignore_errors=True)  # a killed run leaves partial cache files and locks
     train_ds = make_pipeline(
-        bundle.splits["train"], size, num_classes, batch, training=True, augment=rec.data.augment, seed=rec.seed
+        bundle.splits["train"], size, num_classes, batch, training=True, augment=rec.data.augment, seed=rec.seed,
+        cache_dir=cache / "train",
     )
-    val_ds = make_pipeline(bundle.splits["val"], size, num_classes, batch)
-    plain_train_ds = make_pipeline(bundle.splits["train"], size, num_classes, batch)
+    val_ds = make_pipeline(bundle.splits["val"], size, num_classes, batch, cache_dir=cache / "val")
+    plain_train_ds = make_pipeline(bundle.splits["train"], size, num_classes, batch, cache_dir=cache / "train_plain")
     steps = max(1, math.ceil(bundle.splits["train"].size / batch))
     weights = class_weights(rec, bundle)
 
@@ -365,6 +388,7 @@ def finetune(
         )
         raise
 
+    shutil.rmtree(cache, ignore_errors=True)
     best = run_path / runs.BEST
     if best.is_file():
         model = keras.saving.load_model(best)
@@ -424,6 +448,8 @@ def _run_stage(
         _BestCheckpoint(model, run_path / runs.BEST, monitor, _best_so_far(run_path / runs.HISTORY, monitor)),
         keras.callbacks.CSVLogger(str(run_path / runs.HISTORY), append=True),
     ]
+    if not quiet:
+        callbacks.append(_EpochEstimate(steps))
     es = rec.train.early_stopping
     if es.enabled:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, restore_best_weights=False))

@@ -7,6 +7,8 @@ exported model see exactly the same preprocessing.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import tensorflow as tf
 
@@ -52,14 +54,23 @@ def make_pipeline(
     augment: Augment | None = None,
     seed: int = 0,
     cache: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (float32 images, one-hot labels); one-hot so label smoothing works."""
+    """Batches of (float32 images, one-hot labels); one-hot so label smoothing works.
+
+    Decoded, resized uint8 images are cached after the first pass: in memory up to
+    CACHE_BUDGET_BYTES, beyond that in files under `cache_dir` (if given), so later
+    epochs never decode again.
+    """
     ds = split.dataset.map(
         lambda image, label: (tf.cast(tf.round(resize_image(image, image_size)), tf.uint8), label),
         num_parallel_calls=AUTOTUNE,
     )
     if cache and split.size * image_size * image_size * 3 <= CACHE_BUDGET_BYTES:
         ds = ds.cache()
+    elif cache and cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        ds = ds.cache(str(Path(cache_dir) / f"images_{image_size}"))
     if training:
         ds = ds.shuffle(min(split.size, 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
