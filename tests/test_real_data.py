@@ -22,7 +22,7 @@ def flowers_subset(tmp_path_factory):
 
 
 def test_linear_probe_on_extracted_features_matches_frozen_stage(flowers_subset, tmp_path):
-    """A one-layer classifier on `extract` features does what tlkit's frozen stage does, within 4 points (4 of 100 images)."""
+    """A one-layer classifier on `extract` features does what tlkit's frozen stage does, within 2 points (measured: equal)."""
     import keras
 
     import tlkit
@@ -48,5 +48,5 @@ def test_linear_probe_on_extracted_features_matches_frozen_stage(flowers_subset,
     probe.fit(feats["features"][train], feats["labels"][train], batch_size=32, epochs=epochs, verbose=0)
     linear = probe.evaluate(feats["features"][val], feats["labels"][val], verbose=0)[1]
     assert frozen > 0.5  # real ImageNet features separate real flowers
-    assert abs(linear - frozen) <= 0.04, (linear, frozen)
+    assert abs(linear - frozen) <= 0.02, (linear, frozen)
 

@@ -166,6 +166,9 @@ class Train(_Strict):
     feature_views: int = Field(
         1, gt=0, description="with cache_features: 1 = the plain image only; N = it plus N-1 augmented views per image"
     )
+    jit_compile: Union[Literal["auto"], bool] = Field(
+        "auto", description="XLA-compile train steps; auto: on GPU/TPU only (measured slower on CPU)"
+    )
     stages: list[Stage] = Field(default_factory=lambda: [Stage(name="train")], min_length=1)
 
 
@@ -173,6 +176,16 @@ class Export(_Strict):
     enabled: bool = Field(True, description="export a SavedModel at the end of finetune")
     dir: str = Field("saved_models", description="exports go to DIR/NAME/VERSION")
     name: str | None = Field(None, description="default: the recipe's name")
+
+
+class Runtime(_Strict):
+    """Where and how the run executes; none of it changes what the recipe means."""
+
+    deterministic: bool = Field(False, description="op determinism: a resumed run ends with the same weights (slower)")
+    strategy: Literal["auto", "one_device", "mirrored", "multi_worker", "tpu"] = Field(
+        "auto", description="tf.distribute strategy; auto: mirrored when more than one GPU is visible"
+    )
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
 
 
 class Recipe(_Strict):
@@ -185,6 +198,7 @@ class Recipe(_Strict):
     model: Model = Field(default_factory=Model)
     train: Train = Field(default_factory=Train)
     export: Export = Field(default_factory=Export)
+    runtime: Runtime = Field(default_factory=Runtime)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

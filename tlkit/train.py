@@ -127,12 +127,24 @@ class _EpochEstimate(keras.callbacks.Callback):
         print(f"  estimated time per epoch: {per_step * self.steps:.1f} s ({per_step * 1000:.0f} ms/step, {self.steps} steps)", flush=True)
 
 
-class _LogLearningRate(keras.callbacks.Callback):
-    """Put the rate in the epoch logs so history.csv and TensorBoard show it."""
+class _LogEpoch(keras.callbacks.Callback):
+    """Put the rate and the epoch's wall seconds in the logs, so history.csv and TensorBoard show them.
+
+    `setup_seconds` (e.g. computing cached features) is charged to the stage's first epoch.
+    """
+
+    def __init__(self, setup_seconds: float = 0.0):
+        super().__init__()
+        self.setup, self.start = setup_seconds, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            logs["epoch_seconds"] = round(time.perf_counter() - self.start + self.setup, 3)
+        self.setup = 0.0
 
 
 class _BestCheckpoint(keras.callbacks.Callback):
@@ -427,9 +439,11 @@ def _run_stage(
     apply_stage(model, stage, resolve_batchnorm(rec, stage))
     if not quiet:
         print(f"stage {index + 1}/{len(rec.train.stages)}: {stage.name}", flush=True)
-    trained = model
+    trained, setup = model, 0.0
     if stage.unfreeze == "none" and rec.train.cache_features:
+        setup = time.perf_counter()
         trained, train_ds, val_ds = _feature_head(model, train_ds, plain_train_ds, val_ds, rec, quiet)
+        setup = time.perf_counter() - setup
         steps = int(train_ds.cardinality())
     optimizer, schedule_callbacks = make_optimizer(stage, steps)
     num_classes = model.output_shape[-1]
@@ -438,12 +452,13 @@ def _run_stage(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=rec.train.label_smoothing),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), keras.metrics.TopKCategoricalAccuracy(k, name="top_k_accuracy")],
+        jit_compile=rec.train.jit_compile,
     )
     monitor = rec.train.monitor
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(str(run_path / runs.BACKUP / f"stage{index}")),
         *schedule_callbacks,
-        _LogLearningRate(),
+        _LogEpoch(setup),
         keras.callbacks.TerminateOnNaN(),
         _BestCheckpoint(model, run_path / runs.BEST, monitor, _best_so_far(run_path / runs.HISTORY, monitor)),
         keras.callbacks.CSVLogger(str(run_path / runs.HISTORY), append=True),
