@@ -71,7 +71,8 @@ def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, res
     click.echo(f"run directory: {result.run_dir}")
     if result.export_dir:
         click.echo(f"export: {result.export_dir}")
-    click.echo(f"{result.metrics['split']} accuracy: {result.metrics['accuracy']:.4f}  ({result.seconds:.1f} s)")
+    headline = "mean_iou" if "mean_iou" in result.metrics else "accuracy"
+    click.echo(f"{result.metrics['split']} {headline}: {result.metrics[headline]:.4f}  ({result.seconds:.1f} s)")
 
 
 @cli.command()
@@ -89,6 +90,14 @@ def evaluate(target: str, data: str | None, split: str | None, as_json: bool) ->
         click.echo(json.dumps(metrics, indent=2))
         return
     click.echo(f"split {metrics['split']}: {metrics['num_examples']} images")
+    if "mean_iou" in metrics:
+        click.echo(f"mean IoU {metrics['mean_iou']:.4f}   pixel accuracy {metrics['pixel_accuracy']:.4f}   loss {metrics['loss']:.4f}")
+        width = max(len(n) for n in metrics["per_class"])
+        click.echo(f"{'class':<{width}}    iou   dice")
+        for name, row in metrics["per_class"].items():
+            iou, dice = (f"{row[k]:.3f}" if row[k] is not None else "  -  " for k in ("iou", "dice"))
+            click.echo(f"{name:<{width}}  {iou}  {dice}")
+        return
     click.echo(f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   top-{metrics['top_k']} {metrics['top_k_accuracy']:.4f}")
     width = max(len(n) for n in metrics["per_class"])
     click.echo(f"{'class':<{width}}  precision  recall     f1  support")
@@ -113,21 +122,25 @@ def export(run_dir: str, out: str | None, version: int | None) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=3, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, predictions}.")
+@click.option("--out", type=click.Path(), help="Segmentation: folder for mask PNGs (class indices) and colour overlays.")
 @_handle_errors
-def predict(export_path: str, images: tuple[str, ...], top_k: int, as_json: bool) -> None:
-    """Classify IMAGES with an export (a version folder or a model folder)."""
+def predict(export_path: str, images: tuple[str, ...], top_k: int, as_json: bool, out: str | None) -> None:
+    """Classify IMAGES (or segment them) with an export (a version folder or a model folder)."""
     from tlkit.prediction import predict as run
 
-    results = run(export_path, list(images), top_k=top_k)
+    results = run(export_path, list(images), top_k=top_k, out=out)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
         for r in results:
             if "error" in r:
                 click.echo(f"{r['path']}: error: {r['error']}")
-                continue
-            shown = ", ".join(f"{p['label']} {p['score']:.3f}" for p in r["predictions"])
-            click.echo(f"{r['path']}: {shown}")
+            elif "fractions" in r:
+                shown = ", ".join(f"{k} {v:.1%}" for k, v in r["fractions"].items())
+                click.echo(f"{r['path']}: {shown}" + (f" -> {r['mask']}, {r['overlay']}" if "mask" in r else ""))
+            else:
+                shown = ", ".join(f"{p['label']} {p['score']:.3f}" for p in r["predictions"])
+                click.echo(f"{r['path']}: {shown}")
     if any("error" in r for r in results):
         sys.exit(1)
 

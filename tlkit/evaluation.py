@@ -56,13 +56,6 @@ def _collect(fn: Callable[[tf.Tensor], tf.Tensor], batches: Iterable) -> tuple[n
     return np.concatenate(labels), np.concatenate(probs)
 
 
-def evaluate_keras_model(model, batches: tf.data.Dataset, class_names: list[str]) -> dict[str, Any]:
-    """Metrics of a tlkit Keras classifier (logits out) over (images, one-hot) batches."""
-    call = tf.function(lambda x: tf.nn.softmax(model(x, training=False)), reduce_retracing=True)
-    y, p = _collect(call, batches)
-    return compute_metrics(y, p, class_names)
-
-
 def evaluate(
     target: str | Path,
     data: str | None = None,
@@ -72,11 +65,11 @@ def evaluate(
 ) -> dict[str, Any]:
     """Metrics of a run directory or an export on a split of `data` (default: the run's own data)."""
     from tlkit import runs
-    from tlkit.data.pipeline import make_pipeline
     from tlkit.data.sources import load_data
     from tlkit.exporting import find_export, load_export_recipe
-    from tlkit.models.classifier import input_size, load_run_model
+    from tlkit.models.classifier import load_run_model
     from tlkit.recipe import load_recipe
+    from tlkit.tasks import get_task
 
     target = Path(target)
     export_dir = find_export(target, required=False)
@@ -94,10 +87,10 @@ def evaluate(
         recipe = load_recipe(run_dir / runs.RECIPE)
         labels = runs.read_labels(run_dir)
         model = load_run_model(run_dir)
-        fn = tf.function(lambda x: tf.nn.softmax(model(x, training=False)), reduce_retracing=True)
+        fn = tf.function(lambda x: tf.nn.softmax(model(x, training=False), axis=-1), reduce_retracing=True)
     if data is not None:
         recipe = load_recipe(recipe, {"data.source": data})
-    bundle = load_data(recipe.data, recipe.seed, progress=not quiet)
+    bundle = load_data(recipe.data, recipe.seed, progress=not quiet, task=recipe.task)
     if bundle.class_names != labels:
         raise TlkitError(
             f"the data's classes {bundle.class_names} differ from the model's labels {labels}; "
@@ -106,6 +99,5 @@ def evaluate(
     split = split or ("test" if "test" in bundle.splits else "val" if "val" in bundle.splits else "train")
     if split not in bundle.splits:
         raise TlkitError(f"split '{split}' is not available; this data has: {', '.join(bundle.splits)}")
-    batches = make_pipeline(bundle.splits[split], input_size(recipe), len(labels), batch_size)
-    y, p = _collect(fn, batches)
-    return {"split": split, **compute_metrics(y, p, labels)}
+    task = get_task(recipe)
+    return {"split": split, **task.evaluate(fn, task.eval_pipeline(bundle, recipe, split, batch_size), labels)}

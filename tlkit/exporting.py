@@ -23,6 +23,7 @@ from tlkit.data.pipeline import resize_image
 from tlkit.errors import TlkitError
 from tlkit.models.classifier import input_size, load_run_model
 from tlkit.recipe import Recipe, load_recipe
+from tlkit.tasks import get_task
 
 METADATA = "metadata.json"
 
@@ -128,7 +129,7 @@ def export_run(
     tmp = out / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        build_archive(model, labels, size).write_out(str(tmp), verbose=False)
+        get_task(recipe).archive(model, labels, size).write_out(str(tmp), verbose=False)
         runs.write_labels(tmp, labels)
         runs.write_json(tmp / METADATA, _metadata(recipe, labels, size, metrics, run_dir))
         os.replace(tmp, final)
@@ -147,12 +148,7 @@ def _metadata(recipe: Recipe, labels: list[str], size: int, metrics: dict[str, A
         "input_size": size,
         "labels": labels,
         "metrics": metrics,
-        "signatures": {
-            "serving_default": "images: uint8 [batch, height, width, 3] -> probabilities, classes",
-            "serving_bytes": "image_bytes: string [batch] (JPEG/PNG/GIF/BMP) -> probabilities, classes",
-            "embeddings": "images: uint8 [batch, height, width, 3] -> embeddings float32 [batch, features]",
-            "embeddings_bytes": "image_bytes: string [batch] -> embeddings",
-        },
+        "signatures": get_task(recipe).signatures,
         "recipe": recipe.to_dict(),
         "run_dir": str(run_dir.resolve()),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

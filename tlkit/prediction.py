@@ -11,7 +11,7 @@ import tensorflow as tf
 from tlkit import runs
 from tlkit.data.decode import check_image_bytes
 from tlkit.errors import TlkitError
-from tlkit.exporting import find_export
+from tlkit.exporting import METADATA, find_export
 
 
 def predict(
@@ -19,8 +19,13 @@ def predict(
     images: Sequence[str | Path],
     top_k: int = 5,
     batch_size: int = 32,
+    out: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """`[{"path", "predictions": [{"label", "score"}, ...]}]`, or `{"path", "error"}` for a file that is not an image."""
+    """`[{"path", "predictions": [{"label", "score"}, ...]}]`, or `{"path", "error"}` for a file that is not an image.
+
+    A segmentation export gives `{"path", "size", "fractions"}` per image instead, and with
+    `out` writes `STEM_mask.png` (class indices) and `STEM_overlay.png` there.
+    """
     if top_k < 1:
         raise TlkitError(f"--top-k must be at least 1, got {top_k}")
     export_dir = find_export(export)
@@ -29,6 +34,8 @@ def predict(
         raise TlkitError(f"image file(s) not found: {', '.join(missing)}")
     labels = runs.read_labels(export_dir)
     serve = tf.saved_model.load(str(export_dir)).signatures["serving_bytes"]
+    if runs.read_json(export_dir / METADATA).get("task") == "segmentation":
+        return _predict_masks(serve, images, labels, out)
     results: list[dict[str, Any]] = []
     pending: list[tuple[int, bytes]] = []
 
@@ -52,4 +59,22 @@ def predict(
         if len(pending) >= batch_size:
             flush()
     flush()
+    return results
+
+
+def _predict_masks(serve: Any, images: Sequence[str | Path], labels: list[str], out: str | Path | None) -> list[dict[str, Any]]:
+    from tlkit.segmentation.serving import predict_masks
+
+    results: list[dict[str, Any]] = []
+    todo = []
+    for path in images:
+        data = Path(path).read_bytes()
+        results.append({"path": str(path)})
+        problem = check_image_bytes(data)
+        if problem:
+            results[-1]["error"] = problem
+        else:
+            todo.append((len(results) - 1, str(path), data))
+    for index, entry in predict_masks(serve, todo, labels, Path(out) if out is not None else None).items():
+        results[index].update(entry)
     return results

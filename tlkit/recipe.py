@@ -40,6 +40,39 @@ class Augment(_Strict):
     brightness: float = Field(0.0, ge=0.0, le=1.0)
 
 
+class Masks(_Strict):
+    """Segmentation masks: which pixel value means which class, and which values to leave out."""
+
+    values: dict[int, str] | None = Field(
+        None,
+        description="mask pixel value -> class name (several values may share a name); class order: by first value. "
+        "Default: binary {0: background, 255: foreground} for folders, the dataset's own for builtin:shapes",
+    )
+    ignore: list[int] = Field(default_factory=list, description="mask values left out of loss and metrics")
+    images_dir: str = Field("images", description="folder sources: subfolder of images")
+    masks_dir: str = Field("masks", description="folder sources: subfolder of masks, matched to images by file stem")
+    feature: str | None = Field(None, description="TFDS sources: the mask feature; default: the first image feature after the image")
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, value: Any) -> Any:
+        if value is not None:
+            if not value:
+                raise ValueError("masks.values needs at least one value: name pair")
+            bad = [v for v in value if not 0 <= v <= 255]
+            if bad:
+                raise ValueError(f"mask values are 8-bit: {bad} is outside 0..255")
+        return value
+
+    @field_validator("ignore")
+    @classmethod
+    def _ignore(cls, value: Any) -> Any:
+        bad = [v for v in value if not 0 <= v <= 255]
+        if bad:
+            raise ValueError(f"mask values are 8-bit: {bad} is outside 0..255")
+        return value
+
+
 class Data(_Strict):
     """Where images come from and how they are split and cleaned."""
 
@@ -52,6 +85,7 @@ class Data(_Strict):
     tfds_data_dir: str | None = Field(None, description="TFDS data dir; default: TFDS's own (~/tensorflow_datasets)")
     on_bad_file: Literal["skip", "fail"] = "skip"
     augment: Augment = Field(default_factory=Augment)
+    masks: Masks = Field(default_factory=Masks, description="segmentation only")
 
     @model_validator(mode="after")
     def _fractions(self) -> "Data":
@@ -93,8 +127,28 @@ class Head(_Strict):
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
 
 
+class Decoder(_Strict):
+    """Segmentation head: turns backbone features (and skips) into per-pixel logits at the input size."""
+
+    type: str = Field("unet", description="a decoder registry name: unet, fpn")
+    widths: list[int] = Field(
+        default_factory=lambda: [128, 64, 32, 16],
+        min_length=1,
+        description="unet: filters of the up blocks, deepest first; fpn: [pyramid width, head width]",
+    )
+    upsample: Literal["bilinear", "transpose"] = "bilinear"
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, value: list[int]) -> list[int]:
+        if any(w <= 0 for w in value):
+            raise ValueError("decoder widths must be positive")
+        return value
+
+
 class Model(_Strict):
-    """Backbone (registry name or 'scratch') plus head."""
+    """Backbone (registry name or 'scratch') plus head (classification) or decoder (segmentation)."""
 
     backbone: str = "scratch"
     weights: str | None = Field(
@@ -105,6 +159,7 @@ class Model(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="backbone constructor options, e.g. {alpha: 0.25}")
     blocks: list[ScratchBlock] = Field(default_factory=_default_blocks, description="from-scratch stack (backbone: scratch)")
     head: Head = Field(default_factory=Head)
+    decoder: Decoder = Field(default_factory=Decoder, description="segmentation only")
 
     @model_validator(mode="after")
     def _default_weights(self) -> "Model":
@@ -144,6 +199,21 @@ class Stage(_Strict):
         return value
 
 
+class Loss(_Strict):
+    """Segmentation loss = weighted sum; classification uses cross-entropy (with label_smoothing)."""
+
+    cross_entropy: float = Field(1.0, ge=0.0)
+    dice: float = Field(0.0, ge=0.0)
+    focal: float = Field(0.0, ge=0.0)
+    focal_gamma: float = Field(2.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _some(self) -> "Loss":
+        if self.cross_entropy + self.dice + self.focal <= 0:
+            raise ValueError("at least one of cross_entropy, dice, focal needs a positive weight")
+        return self
+
+
 class EarlyStopping(_Strict):
     enabled: bool = False
     patience: int = Field(3, gt=0)
@@ -156,7 +226,10 @@ class Train(_Strict):
     batch_size: int = Field(32, gt=0)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     class_weights: Union[Literal["none", "auto"], dict[str, float]] = "none"
-    monitor: str = Field("val_accuracy", description="metric that picks the best checkpoint")
+    monitor: str | None = Field(
+        None, description="metric that picks the best checkpoint; default: val_accuracy, val_mean_iou for segmentation"
+    )
+    loss: Loss = Field(default_factory=Loss, description="segmentation: weighted sum of losses")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     tensorboard: bool = False
     cache_features: bool = Field(
@@ -192,13 +265,20 @@ class Recipe(_Strict):
     """A whole run: data, model, training stages, export."""
 
     name: str = "run"
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "segmentation"] = "classification"
     seed: int = 1337
     data: Data = Field(default_factory=Data)
     model: Model = Field(default_factory=Model)
     train: Train = Field(default_factory=Train)
     export: Export = Field(default_factory=Export)
     runtime: Runtime = Field(default_factory=Runtime)
+
+    @property
+    def monitor(self) -> str:
+        """The metric that picks the best checkpoint."""
+        if self.train.monitor:
+            return self.train.monitor
+        return "val_mean_iou" if self.task == "segmentation" else "val_accuracy"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

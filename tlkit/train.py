@@ -24,12 +24,11 @@ import keras
 import numpy as np
 
 from tlkit import runs
-from tlkit.data.pipeline import make_pipeline
 from tlkit.data.sources import DataBundle, load_data
 from tlkit.errors import TlkitError
-from tlkit.evaluation import evaluate_keras_model
-from tlkit.models.classifier import apply_stage, build_classifier, check_model, input_size, resolve_batchnorm
+from tlkit.models.classifier import apply_stage, input_size, resolve_batchnorm
 from tlkit.recipe import Recipe, Stage, load_recipe, parse_override, shortcut_overrides
+from tlkit.tasks import get_task
 
 
 @dataclass
@@ -208,21 +207,6 @@ def make_optimizer(stage: Stage, steps_per_epoch: int) -> tuple[keras.optimizers
 # ----------------------------------------------------------------------------- helpers
 
 
-def class_weights(recipe: Recipe, bundle: DataBundle) -> dict[int, float] | None:
-    setting = recipe.train.class_weights
-    if setting == "none":
-        return None
-    names = bundle.class_names
-    if setting == "auto":
-        counts = np.bincount(bundle.splits["train"].labels, minlength=len(names)).astype(float)
-        total = counts.sum()
-        return {i: float(total / (len(names) * c)) if c else 0.0 for i, c in enumerate(counts)}
-    unknown = sorted(set(setting) - set(names))
-    if unknown:
-        raise TlkitError(f"train.class_weights names unknown class(es) {unknown}; the classes are: {', '.join(names)}")
-    return {i: float(setting.get(n, 1.0)) for i, n in enumerate(names)}
-
-
 def _best_so_far(history_path: Path, monitor: str) -> float | None:
     if not history_path.is_file():
         return None
@@ -274,11 +258,17 @@ def _summary(recipe: Recipe, bundle: DataBundle, run_dir: Path, params: list[dic
     size = input_size(recipe)
     print(f"tlkit finetune: {recipe.name} -> {run_dir}")
     print(f"  data      {bundle.description}")
-    counts = bundle.counts("train")
-    width = max(len(n) for n in bundle.class_names)
-    print(f"  classes   {len(bundle.class_names)} (train count each)")
-    for name in bundle.class_names:
-        print(f"    {name:<{width}}  {counts[name]}")
+    if bundle.mapping is not None:
+        values = ", ".join(f"{v}: {n}" for v, n in sorted(bundle.mapping.values.items()))
+        ignored = f"; ignored values {list(bundle.mapping.ignore)}" if bundle.mapping.ignore else ""
+        print(f"  classes   {len(bundle.class_names)} mask classes ({values}){ignored}")
+        print(f"  decoder   {recipe.model.decoder.type}, widths {recipe.model.decoder.widths}, {recipe.model.decoder.upsample}")
+    else:
+        counts = bundle.counts("train")
+        width = max(len(n) for n in bundle.class_names)
+        print(f"  classes   {len(bundle.class_names)} (train count each)")
+        for name in bundle.class_names:
+            print(f"    {name:<{width}}  {counts[name]}")
     sizes = ", ".join(f"{k} {v.size}" for k, v in bundle.splits.items())
     print(f"  splits    {sizes}")
     if bundle.skipped:
@@ -328,9 +318,10 @@ def finetune(
         run_path = None
         state = {}
 
-    check_model(rec)
+    task = get_task(rec)
+    task.check(rec)
     keras.utils.set_random_seed(rec.seed)
-    bundle = load_data(rec.data, rec.seed, progress=not quiet)
+    bundle = load_data(rec.data, rec.seed, progress=not quiet, task=rec.task)
     if "val" not in bundle.splits:
         raise TlkitError(
             "no validation images: set data.val_fraction above 0 or give the source a validation split "
@@ -350,16 +341,13 @@ def finetune(
     batch = rec.train.batch_size
     cache = run_path / "cache"
     shutil.rmtree(cache, ignore_errors=True)  # a killed run leaves partial cache files and locks
-    train_ds = make_pipeline(
-        bundle.splits["train"], size, num_classes, batch, training=True, augment=rec.data.augment, seed=rec.seed,
-        cache_dir=cache / "train",
-    )
-    val_ds = make_pipeline(bundle.splits["val"], size, num_classes, batch, cache_dir=cache / "val")
-    plain_train_ds = make_pipeline(bundle.splits["train"], size, num_classes, batch, cache_dir=cache / "train_plain")
+    train_ds, plain_train_ds, val_ds = task.pipelines(bundle, rec, cache)
     steps = max(1, math.ceil(bundle.splits["train"].size / batch))
-    weights = class_weights(rec, bundle)
 
-    model = build_classifier(rec, num_classes)
+    def objective() -> tuple[Any, list[Any], Any]:  # fresh loss and metric objects for every compile
+        return task.objective(rec, bundle)
+
+    model = task.build_model(rec, num_classes)
     params = [apply_stage(model, s, resolve_batchnorm(rec, s)) for s in rec.train.stages]
     _summary(rec, bundle, run_path, params, quiet)
     fresh = rec.model_copy(update={"model": rec.model.model_copy(update={"weights": "none"})})
@@ -374,11 +362,11 @@ def finetune(
                     continue
                 if i > 0:
                     # a fresh model per stage: a resumed fit() leaves state on the model object
-                    model = build_classifier(fresh, num_classes)
+                    model = task.build_model(fresh, num_classes)
                     model.load_weights(run_path / f"stage{i - 1}.weights.h5")
                 stage_start, first_epoch = time.perf_counter(), epoch
                 epoch = _run_stage(
-                    model, rec, stage, i, run_path, train_ds, plain_train_ds, val_ds, steps, epoch, weights, quiet
+                    model, rec, stage, i, run_path, train_ds, plain_train_ds, val_ds, steps, epoch, objective, quiet
                 )
                 seconds = time.perf_counter() - stage_start
                 timings.append(
@@ -405,12 +393,16 @@ def finetune(
     if best.is_file():
         model = keras.saving.load_model(best)
     eval_split = "test" if "test" in bundle.splits else "val"
-    metrics = evaluate_keras_model(
-        model, make_pipeline(bundle.splits[eval_split], size, num_classes, batch), bundle.class_names
-    )
+    import tensorflow as tf
+
+    probabilities = tf.function(lambda x: tf.nn.softmax(model(x, training=False), axis=-1), reduce_retracing=True)
+    metrics = task.evaluate(probabilities, task.eval_pipeline(bundle, rec, eval_split, batch), bundle.class_names)
     metrics = {"split": eval_split, **metrics}
     runs.write_json(run_path / runs.METRICS, metrics)
-    _say(quiet, f"{eval_split} accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}  ({run_path / runs.METRICS})")
+    _say(
+        quiet,
+        f"{eval_split} {task.headline} {metrics[task.headline]:.4f}, loss {metrics['loss']:.4f}  ({run_path / runs.METRICS})",
+    )
 
     export_dir = None
     if export if export is not None else rec.export.enabled:
@@ -433,28 +425,22 @@ def _run_stage(
     val_ds,
     steps: int,
     epoch: int,
-    weights: dict[int, float] | None,
+    objective: Any,
     quiet: bool,
 ) -> int:
     apply_stage(model, stage, resolve_batchnorm(rec, stage))
     if not quiet:
         print(f"stage {index + 1}/{len(rec.train.stages)}: {stage.name}", flush=True)
     trained, setup = model, 0.0
-    if stage.unfreeze == "none" and rec.train.cache_features:
+    if stage.unfreeze == "none" and rec.train.cache_features and get_task(rec).cache_features:
         setup = time.perf_counter()
         trained, train_ds, val_ds = _feature_head(model, train_ds, plain_train_ds, val_ds, rec, quiet)
         setup = time.perf_counter() - setup
         steps = int(train_ds.cardinality())
     optimizer, schedule_callbacks = make_optimizer(stage, steps)
-    num_classes = model.output_shape[-1]
-    k = min(5, max(1, num_classes - 1))
-    trained.compile(
-        optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=rec.train.label_smoothing),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), keras.metrics.TopKCategoricalAccuracy(k, name="top_k_accuracy")],
-        jit_compile=rec.train.jit_compile,
-    )
-    monitor = rec.train.monitor
+    loss, metrics, weights = objective()
+    trained.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=rec.train.jit_compile)
+    monitor = rec.monitor
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(str(run_path / runs.BACKUP / f"stage{index}")),
         *schedule_callbacks,

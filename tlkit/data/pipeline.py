@@ -44,6 +44,27 @@ def augmenter(augment: Augment, seed: int) -> keras.Sequential | None:
     return keras.Sequential(layers, name="augment") if layers else None
 
 
+def cached_images(
+    split: SplitData, image_size: int, *, cache: bool = True, cache_dir: str | Path | None = None
+) -> tf.data.Dataset:
+    """(uint8 image at image_size, label), decoded and resized once.
+
+    Cached after the first pass: in memory up to CACHE_BUDGET_BYTES, beyond that in
+    files under `cache_dir` (if given). Pipelines built on the same object share the
+    cache, so the plain and the augmented view of a split decode each image once.
+    """
+    ds = split.dataset.map(
+        lambda image, label: (tf.cast(tf.round(resize_image(image, image_size)), tf.uint8), label),
+        num_parallel_calls=AUTOTUNE,
+    )
+    if cache and split.size * image_size * image_size * 3 <= CACHE_BUDGET_BYTES:
+        ds = ds.cache()
+    elif cache and cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        ds = ds.cache(str(Path(cache_dir) / f"images_{image_size}"))
+    return ds
+
+
 def make_pipeline(
     split: SplitData,
     image_size: int,
@@ -55,22 +76,14 @@ def make_pipeline(
     seed: int = 0,
     cache: bool = True,
     cache_dir: str | Path | None = None,
+    images: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
     """Batches of (float32 images, one-hot labels); one-hot so label smoothing works.
 
-    Decoded, resized uint8 images are cached after the first pass: in memory up to
-    CACHE_BUDGET_BYTES, beyond that in files under `cache_dir` (if given), so later
-    epochs never decode again.
+    `images` is a `cached_images` dataset to share between pipelines; without it
+    the split gets its own (see `cached_images` for the cache).
     """
-    ds = split.dataset.map(
-        lambda image, label: (tf.cast(tf.round(resize_image(image, image_size)), tf.uint8), label),
-        num_parallel_calls=AUTOTUNE,
-    )
-    if cache and split.size * image_size * image_size * 3 <= CACHE_BUDGET_BYTES:
-        ds = ds.cache()
-    elif cache and cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        ds = ds.cache(str(Path(cache_dir) / f"images_{image_size}"))
+    ds = images if images is not None else cached_images(split, image_size, cache=cache, cache_dir=cache_dir)
     if training:
         ds = ds.shuffle(min(split.size, 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
@@ -81,4 +94,75 @@ def make_pipeline(
     aug = augmenter(augment, seed) if training and augment is not None else None
     if aug is not None:
         ds = ds.map(lambda image, label: (aug(image, training=True), label), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+
+def resize_mask(mask: tf.Tensor, size: int) -> tf.Tensor:
+    """Nearest neighbour: a mask's values are class ids, never to be blended."""
+    return tf.image.resize(mask, (size, size), method="nearest")
+
+
+def cached_pairs(
+    split: SplitData, image_size: int, table: tf.Tensor, *, cache: bool = True, cache_dir: str | Path | None = None
+) -> tf.data.Dataset:
+    """(uint8 image, uint8 class-index mask [S, S, 1]) at the model size, decoded once (see `cached_images`).
+
+    A mask of another size than its image is simply resized to the model size too.
+    """
+    ds = split.dataset.map(
+        lambda image, mask: (
+            tf.cast(tf.round(resize_image(image, image_size)), tf.uint8),
+            tf.gather(table, tf.cast(resize_mask(mask, image_size), tf.int32)),
+        ),
+        num_parallel_calls=AUTOTUNE,
+    )
+    if cache and split.size * image_size * image_size * 4 <= CACHE_BUDGET_BYTES:
+        ds = ds.cache()
+    elif cache and cache_dir is not None:
+        Path(cache_dir).mkdir(parents=True, exist_ok=True)
+        ds = ds.cache(str(Path(cache_dir) / f"pairs_{image_size}"))
+    return ds
+
+
+def paired_augmenter(augment: Augment, seed: int):
+    """One function that moves image and mask together: geometric transforms to both
+    (nearest neighbour on the mask), photometric ones to the image only."""
+    aug = augmenter(augment, seed)
+    if aug is None:
+        return None
+    layers = list(aug.layers)
+
+    def apply(images: tf.Tensor, masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        data = {"images": images, "segmentation_masks": tf.cast(masks, tf.float32)}
+        for layer in layers:
+            data = layer(data, training=True)
+        return data["images"], tf.cast(tf.round(data["segmentation_masks"]), tf.int32)
+
+    return apply
+
+
+def make_seg_pipeline(
+    split: SplitData,
+    image_size: int,
+    table: tf.Tensor,
+    batch_size: int,
+    *,
+    training: bool = False,
+    augment: Augment | None = None,
+    seed: int = 0,
+    pairs: tf.data.Dataset | None = None,
+) -> tf.data.Dataset:
+    """Batches of (float32 images [B, S, S, 3], int32 class masks [B, S, S, 1]; 255 = ignore)."""
+    ds = pairs if pairs is not None else cached_pairs(split, image_size, table)
+    if training:
+        ds = ds.shuffle(min(split.size, 10_000), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(
+        lambda image, mask: (tf.cast(image, tf.float32), tf.cast(mask, tf.int32)), num_parallel_calls=AUTOTUNE
+    )
+    aug = paired_augmenter(augment, seed) if training and augment is not None else None
+    if aug is not None:
+        ds = ds.map(aug, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)

@@ -12,7 +12,7 @@ import difflib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow as tf
@@ -42,13 +42,14 @@ class DataBundle:
     splits: dict[str, SplitData]
     description: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    mapping: Any = None  # segmentation: tlkit.data.masks.MaskMapping
 
     def counts(self, split: str) -> dict[str, int]:
         counts = np.bincount(self.splits[split].labels, minlength=len(self.class_names))
         return {name: int(c) for name, c in zip(self.class_names, counts)}
 
 
-SourceFn = Callable[[str, Data, int], DataBundle]
+SourceFn = Callable[[str, Data, int, str], DataBundle]  # (rest, data, seed, task)
 SOURCES: dict[str, SourceFn] = {}
 
 
@@ -62,12 +63,16 @@ def register_source(prefix: str) -> Callable[[SourceFn], SourceFn]:
     return wrap
 
 
-def load_data(data: Data, seed: int, progress: bool = True) -> DataBundle:
-    """Resolve `data.source` through the registry; a plain path is a folder source."""
+def load_data(data: Data, seed: int, progress: bool = True, task: str = "classification") -> DataBundle:
+    """Resolve `data.source` through the registry; a plain path is a folder source.
+
+    Classification splits yield (image, class index); segmentation splits yield
+    (image, raw mask values), with `bundle.mapping` to turn values into classes.
+    """
     source = data.source.strip()
     prefix, sep, rest = source.partition(":")
     if sep and prefix in SOURCES:
-        return SOURCES[prefix](rest, data, seed)
+        return SOURCES[prefix](rest, data, seed, task)
     if sep and len(prefix) > 1 and not Path(source).exists():
         close = difflib.get_close_matches(prefix, list(SOURCES), n=1)
         hint = f" Did you mean '{close[0]}:{rest}'?" if close else ""
@@ -75,6 +80,10 @@ def load_data(data: Data, seed: int, progress: bool = True) -> DataBundle:
             f"unknown data source kind '{prefix}:' in '{source}'. Use a folder path, "
             f"{', '.join(p + ':NAME' for p in SOURCES)}.{hint}"
         )
+    if task == "segmentation":
+        from tlkit.data.masks import segmentation_folder
+
+        return segmentation_folder(source, data, seed, progress=progress)
     return folder_source(source, data, seed, progress=progress)
 
 
@@ -88,7 +97,7 @@ def _tfds():
 
 
 @register_source("tfds")
-def tfds_source(name: str, data: Data, seed: int) -> DataBundle:
+def tfds_source(name: str, data: Data, seed: int, task: str = "classification") -> DataBundle:
     """Any TFDS dataset with an image and a class label; labels remapped to sorted class names."""
     tfds = _tfds()
     if not name:
@@ -104,11 +113,11 @@ def tfds_source(name: str, data: Data, seed: int) -> DataBundle:
             f"could not prepare TFDS dataset '{name}' in {builder.data_dir}: {str(exc).splitlines()[0]}. "
             "Without network, prepare it on a connected machine and point data.tfds_data_dir at the copy."
         ) from None
-    return _bundle_from_builder(builder, name, data, seed)
+    return _bundle_from_builder(builder, name, data, seed, task)
 
 
 @register_source("builtin")
-def builtin_source(name: str, data: Data, seed: int) -> DataBundle:
+def builtin_source(name: str, data: Data, seed: int, task: str = "classification") -> DataBundle:
     """The generated shapes dataset: `builtin:shapes` or `builtin:shapes/tiny`."""
     from tlkit.data import shapes
 
@@ -116,7 +125,12 @@ def builtin_source(name: str, data: Data, seed: int) -> DataBundle:
     if dataset != "shapes":
         raise TlkitError(f"unknown built-in dataset '{dataset}': the built-in dataset is 'builtin:shapes[/CONFIG]'")
     builder = shapes.prepare(config or "default", data_dir=data.tfds_data_dir)
-    return _bundle_from_builder(builder, f"builtin:{name}", data, seed)
+    # masks are 0/1 per image: shape pixels take the value label+1, so classes are background + shapes
+    default = {0: "background", **{i + 1: n for i, n in enumerate(shapes.CLASS_NAMES)}}
+    return _bundle_from_builder(
+        builder, f"builtin:{name}", data, seed, task, default_mapping=default,
+        mask_fn=lambda ex: ex["mask"] * tf.cast(ex["label"] + 1, tf.uint8),
+    )
 
 
 def _features(builder) -> tuple[str, str]:
@@ -136,12 +150,51 @@ def _features(builder) -> tuple[str, str]:
     return image_key, label_key
 
 
-def _bundle_from_builder(builder, name: str, data: Data, seed: int) -> DataBundle:
+def _mask_features(builder, data: Data) -> tuple[str, str]:
+    """(image key, mask key) of a TFDS dataset with a segmentation mask."""
     tfds = _tfds()
-    image_key, label_key = _features(builder)
-    original = list(builder.info.features[label_key].names)
-    class_names = sorted(original)
-    remap = tf.constant([class_names.index(n) for n in original], tf.int32)
+    feats = builder.info.features
+    images = [k for k, f in feats.items() if isinstance(f, tfds.features.Image)]
+    mask_key = data.masks.feature or next((k for k in images if k != "image" and "mask" in k), None)
+    mask_key = mask_key or (images[1] if len(images) > 1 else None)
+    if mask_key is None or mask_key not in feats:
+        raise TlkitError(
+            f"TFDS dataset '{builder.info.full_name}' has no mask feature: its image features are {images}; "
+            "name the mask with data.masks.feature"
+        )
+    image_key = "image" if "image" in images else next(k for k in images if k != mask_key)
+    return image_key, mask_key
+
+
+def _bundle_from_builder(
+    builder,
+    name: str,
+    data: Data,
+    seed: int,
+    task: str = "classification",
+    default_mapping: dict[int, str] | None = None,
+    mask_fn: Callable[[dict], tf.Tensor] | None = None,
+) -> DataBundle:
+    tfds = _tfds()
+    mapping = None
+    if task == "segmentation":
+        from tlkit.data.masks import mapping_for
+
+        image_key, mask_key = _mask_features(builder, data)
+        if data.masks.values is None and default_mapping is None:
+            raise TlkitError(
+                f"TFDS dataset '{name}': set data.masks.values (mask value -> class name), "
+                "e.g. {1: pet, 2: background, 3: border} for tfds:oxford_iiit_pet"
+            )
+        mapping = mapping_for(data, default_mapping or {})
+        class_names = mapping.class_names
+        get_mask = mask_fn or (lambda ex: ex[mask_key])
+        label_key = None
+    else:
+        image_key, label_key = _features(builder)
+        original = list(builder.info.features[label_key].names)
+        class_names = sorted(original)
+        remap = tf.constant([class_names.index(n) for n in original], tf.int32)
     available = dict(builder.info.splits.items())
 
     def pick(wanted: str | None, default: str) -> str | None:
@@ -157,7 +210,7 @@ def _bundle_from_builder(builder, name: str, data: Data, seed: int) -> DataBundl
     test = pick(data.test_split, "test")
     if train is None:
         raise TlkitError(f"TFDS dataset '{name}' has no split 'train'; set data.train_split to one of: {', '.join(available)}")
-    n_train = len(_labels(builder, train, image_key, label_key))
+    n_train = _num_examples(builder, train)
     if val is None and data.val_fraction > 0 or test is None and data.test_fraction > 0:
         # carve missing splits from train with TFDS slicing: deterministic and streaming
         n_val = int(round(n_train * data.val_fraction)) if val is None else 0
@@ -170,8 +223,13 @@ def _bundle_from_builder(builder, name: str, data: Data, seed: int) -> DataBundl
         train = f"{train}[:{keep}]"
 
     def split_data(split: str) -> SplitData:
-        labels = remap.numpy()[_labels(builder, split, image_key, label_key)]
         ds = builder.as_dataset(split=split, shuffle_files=False)
+        if label_key is None:
+            ds = ds.map(
+                lambda ex: (_to_rgb(ex[image_key]), _mask_channel(get_mask(ex))), num_parallel_calls=tf.data.AUTOTUNE
+            )
+            return SplitData(ds, np.zeros(_num_examples(builder, split), np.int32))
+        labels = remap.numpy()[_labels(builder, split, image_key, label_key)]
         ds = ds.map(
             lambda ex: (_to_rgb(ex[image_key]), tf.gather(remap, tf.cast(ex[label_key], tf.int32))),
             num_parallel_calls=tf.data.AUTOTUNE,
@@ -183,7 +241,14 @@ def _bundle_from_builder(builder, name: str, data: Data, seed: int) -> DataBundl
         splits["val"] = split_data(val)
     if test:
         splits["test"] = split_data(test)
-    return DataBundle(class_names, splits, f"{name} ({builder.info.full_name})")
+    return DataBundle(class_names, splits, f"{name} ({builder.info.full_name})", mapping=mapping)
+
+
+def _num_examples(builder, split: str) -> int:
+    try:
+        return int(builder.info.splits[split].num_examples)
+    except KeyError:  # split info missing (e.g. tfds.testing.mock_data): count
+        return int(builder.as_dataset(split=split, shuffle_files=False).reduce(0, lambda n, _: n + 1))
 
 
 def _labels(builder, split: str, image_key: str, label_key: str) -> np.ndarray:
@@ -192,6 +257,13 @@ def _labels(builder, split: str, image_key: str, label_key: str) -> np.ndarray:
     raw = builder.as_dataset(split=split, shuffle_files=False, decoders={image_key: tfds.decode.SkipDecoding()})
     batches = list(raw.map(lambda ex: ex[label_key]).batch(4096).as_numpy_iterator())
     return np.concatenate(batches).astype(np.int64) if batches else np.zeros(0, np.int64)
+
+
+def _mask_channel(mask: tf.Tensor) -> tf.Tensor:
+    mask = tf.convert_to_tensor(mask)
+    if mask.shape.rank == 2:
+        mask = mask[..., None]
+    return tf.ensure_shape(tf.cast(mask[..., :1], tf.uint8), [None, None, 1])
 
 
 def _to_rgb(image: tf.Tensor) -> tf.Tensor:

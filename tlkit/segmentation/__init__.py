@@ -1,0 +1,1 @@
+"""The segmentation task: losses and metrics, evaluation, serving and mask outputs."""
