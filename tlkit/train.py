@@ -391,7 +391,7 @@ def finetune(
     shutil.rmtree(cache, ignore_errors=True)
     best = run_path / runs.BEST
     if best.is_file():
-        model = keras.saving.load_model(best)
+        model = keras.saving.load_model(best, compile=False)
     eval_split = "test" if "test" in bundle.splits else "val"
     import tensorflow as tf
 

@@ -96,4 +96,4 @@ def load_run_model(run_dir: "str | Path") -> keras.Model:
     path = Path(run_dir) / runs.BEST
     if not path.is_file():
         raise TlkitError(f"{run_dir} has no {runs.BEST}: the run did not finish an epoch (resume it with --resume)")
-    return keras.saving.load_model(path, safe_mode=True)
+    return keras.saving.load_model(path, safe_mode=True, compile=False)  # inference only: no optimizer state

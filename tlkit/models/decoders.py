@@ -44,7 +44,7 @@ def _hw(x: Any) -> tuple[int, int]:
 
 def conv_bn_relu(x: Any, filters: int, name: str, kernel: int = 3, dilation: int = 1) -> Any:
     x = keras.layers.Conv2D(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)  # few steps: statistics must settle fast
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -55,7 +55,7 @@ def upsample_to(x: Any, size: tuple[int, int], filters: int, mode: str, name: st
         return x
     if mode == "transpose" and size == (2 * h, 2 * w):
         x = keras.layers.Conv2DTranspose(filters, 2, strides=2, use_bias=False, name=f"{name}_tconv")(x)
-        x = keras.layers.BatchNormalization(name=f"{name}_tbn")(x)
+        x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_tbn")(x)
         return keras.layers.ReLU(name=f"{name}_trelu")(x)
     return keras.layers.Resizing(size[0], size[1], interpolation="bilinear", name=f"{name}_resize")(x)
 
