@@ -257,3 +257,23 @@ def test_oxford_pets_sample_loads_every_pair_including_mislabeled_files():
     assert bundle.splits["train"].size == 480 and bundle.splits["val"].size == 120
     odd = [p for p in bundle.splits["train"].paths + bundle.splits["val"].paths if p.endswith(("Abyssinian_34.jpg", "Abyssinian_5.jpg"))]
     assert len(odd) == 2
+
+
+def test_tfds_dataset_with_mask_feature():
+    """tfds:oxford_iiit_pet: the image and its `segmentation_mask`, classes from data.masks.values."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from tlkit.data.pipeline import make_seg_pipeline
+    from tlkit.data.sources import load_data
+    from tlkit.recipe import Data
+
+    data = Data(source="tfds:oxford_iiit_pet", masks={"values": {1: "pet", 2: "background", 3: "border"}})
+    with tfds.testing.mock_data(num_examples=6):
+        bundle = load_data(data, seed=0, progress=False, task="segmentation")
+        assert bundle.class_names == ["pet", "background", "border"]
+        assert {"train", "val"} <= set(bundle.splits)
+        images, masks = next(iter(make_seg_pipeline(bundle.splits["train"], 32, bundle.mapping.table(), 4)))
+    assert images.shape[1:] == (32, 32, 3) and masks.shape[1:] == (32, 32, 1)
+    assert set(np.unique(masks.numpy())) <= {0, 1, 2, 255}  # mock values outside the mapping become ignore
+    with pytest.raises(TlkitError, match="data.masks.values"):
+        with tfds.testing.mock_data(num_examples=6):
+            load_data(Data(source="tfds:oxford_iiit_pet"), seed=0, progress=False, task="segmentation")
