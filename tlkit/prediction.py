@@ -48,25 +48,16 @@ def predict(
             results[index]["predictions"] = [{"label": labels[i], "score": float(row[i])} for i in order]
         pending.clear()
 
-    for path in images:
-        data = Path(path).read_bytes()
-        results.append({"path": str(path)})
-        problem = check_image_bytes(data)
-        if problem:
-            results[-1]["error"] = problem
-            continue
-        pending.append((len(results) - 1, data))
+    for index, _, data in _readable(images, results):
+        pending.append((index, data))
         if len(pending) >= batch_size:
             flush()
     flush()
     return results
 
 
-def _predict_masks(serve: Any, images: Sequence[str | Path], labels: list[str], out: str | Path | None) -> list[dict[str, Any]]:
-    from tlkit.segmentation.serving import predict_masks
-
-    results: list[dict[str, Any]] = []
-    todo = []
+def _readable(images: Sequence[str | Path], results: list[dict[str, Any]]):
+    """(index, path, bytes) of each decodable image; every image gets a result entry, bad ones an error."""
     for path in images:
         data = Path(path).read_bytes()
         results.append({"path": str(path)})
@@ -74,7 +65,14 @@ def _predict_masks(serve: Any, images: Sequence[str | Path], labels: list[str], 
         if problem:
             results[-1]["error"] = problem
         else:
-            todo.append((len(results) - 1, str(path), data))
+            yield len(results) - 1, str(path), data
+
+
+def _predict_masks(serve: Any, images: Sequence[str | Path], labels: list[str], out: str | Path | None) -> list[dict[str, Any]]:
+    from tlkit.segmentation.serving import predict_masks
+
+    results: list[dict[str, Any]] = []
+    todo = list(_readable(images, results))
     for index, entry in predict_masks(serve, todo, labels, Path(out) if out is not None else None).items():
         results[index].update(entry)
     return results

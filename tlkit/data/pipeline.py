@@ -57,11 +57,16 @@ def cached_images(
         lambda image, label: (tf.cast(tf.round(resize_image(image, image_size)), tf.uint8), label),
         num_parallel_calls=AUTOTUNE,
     )
-    if cache and split.size * image_size * image_size * 3 <= CACHE_BUDGET_BYTES:
-        ds = ds.cache()
-    elif cache and cache_dir is not None:
+    return _cache(ds, split.size * image_size * image_size * 3, cache, cache_dir, f"images_{image_size}")
+
+
+def _cache(ds: tf.data.Dataset, nbytes: int, cache: bool, cache_dir: str | Path | None, name: str) -> tf.data.Dataset:
+    """In memory within the budget, else in files under cache_dir (if given), else not at all."""
+    if cache and nbytes <= CACHE_BUDGET_BYTES:
+        return ds.cache()
+    if cache and cache_dir is not None:
         Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        ds = ds.cache(str(Path(cache_dir) / f"images_{image_size}"))
+        return ds.cache(str(Path(cache_dir) / name))
     return ds
 
 
@@ -119,12 +124,7 @@ def cached_pairs(
         ),
         num_parallel_calls=AUTOTUNE,
     )
-    if cache and split.size * image_size * image_size * 4 <= CACHE_BUDGET_BYTES:
-        ds = ds.cache()
-    elif cache and cache_dir is not None:
-        Path(cache_dir).mkdir(parents=True, exist_ok=True)
-        ds = ds.cache(str(Path(cache_dir) / f"pairs_{image_size}"))
-    return ds
+    return _cache(ds, split.size * image_size * image_size * 4, cache, cache_dir, f"pairs_{image_size}")
 
 
 def paired_augmenter(augment: Augment, seed: int):
