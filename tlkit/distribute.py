@@ -261,10 +261,15 @@ class Placement:
         return rec.model_copy(update={"train": train})
 
     def for_fit(self, model: keras.Model) -> keras.Model:
-        """The model to compile and fit (call outside `scope()`): itself, or a multi-worker wrapper sharing its layers."""
-        if self.kind != "multi_worker":
+        """The model to compile and fit (call outside `scope()`): a model sharing `model`'s layers that
+        belongs to the strategy, so Keras builds optimizer and metric state before tracing the step
+        (a model made outside the scope, like the feature-cache head, would build it inside a replica)."""
+        if self.strategy is None:
             return model
-        return _CollectiveModel(model.inputs, model.outputs, name=model.name)
+        if self.kind == "multi_worker":
+            return _CollectiveModel(model.inputs, model.outputs, name=model.name)
+        with self.scope():
+            return keras.Model(model.inputs, model.outputs, name=model.name)
 
     def shard(self, ds: Any) -> Any:
         """Each worker reads the whole (seeded, identically ordered) pipeline and keeps its share of every
