@@ -68,6 +68,8 @@ def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, res
         export=False if no_export else None,
         **flags,
     )
+    if not result.chief:  # another worker of a multi-worker run: the chief reports
+        return
     click.echo(f"run directory: {result.run_dir}")
     if result.export_dir:
         click.echo(f"export: {result.export_dir}")
@@ -196,6 +198,20 @@ def show_recipe(recipe: str | None, sets: tuple[str, ...], reference: bool) -> N
         click.echo(recipe_reference())
         return
     click.echo(load_recipe(recipe or "quickstart", list(sets)).to_yaml(), nl=False)
+
+
+@cli.command("local-workers", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("workers", type=click.IntRange(min=1))
+@click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)
+@_handle_errors
+def local_workers(workers: int, args: tuple[str, ...]) -> None:
+    """Run `tlkit ARGS` as WORKERS processes of one multi-worker cluster on this machine (TF_CONFIG on loopback ports).
+
+    Example: tlkit local-workers 2 finetune RECIPE --set runtime.strategy=multi_worker
+    """
+    from tlkit.workers import run_local_workers
+
+    sys.exit(run_local_workers(workers, list(args)))
 
 
 def main() -> None:

@@ -256,9 +256,20 @@ class Runtime(_Strict):
 
     deterministic: bool = Field(False, description="op determinism: a resumed run ends with the same weights (slower)")
     strategy: Literal["auto", "one_device", "mirrored", "multi_worker", "tpu"] = Field(
-        "auto", description="tf.distribute strategy; auto: mirrored when more than one GPU is visible"
+        "auto",
+        description="tf.distribute strategy; auto: multi_worker when TF_CONFIG names several workers, "
+        "mirrored when more than one GPU is visible, else one device",
     )
-    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
+    precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = Field(
+        "float32", description="mixed_float16 for NVIDIA GPUs, mixed_bfloat16 for TPUs and recent CPUs/GPUs"
+    )
+    devices: list[str] = Field(
+        default_factory=list, description="one_device/mirrored: device names, e.g. ['/gpu:0', '/gpu:1'] (default: all GPUs)"
+    )
+    scale_learning_rate: bool = Field(
+        False, description="multiply each stage's learning rate by the number of replicas (linear scaling rule)"
+    )
+    tpu: str = Field("", description="tpu: the TPU name or address ('' : from the environment, 'local' on a TPU VM)")
 
 
 class Recipe(_Strict):

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import keras
 import numpy as np
 
-from tlkit import runs
+from tlkit import distribute, runs
 from tlkit.data.sources import DataBundle, load_data
 from tlkit.errors import TlkitError
 from tlkit.models.classifier import apply_stage, input_size, resolve_batchnorm
@@ -40,6 +40,7 @@ class RunResult:
     export_dir: Path | None = None
     seconds: float = 0.0
     stages: list[dict[str, Any]] = field(default_factory=list)  # per stage: seconds, images/s (this process)
+    chief: bool = True  # False on the other workers of a multi-worker run: they write nothing, metrics stay empty
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -252,7 +253,9 @@ def _say(quiet: bool, text: str = "") -> None:
         print(text, flush=True)
 
 
-def _summary(recipe: Recipe, bundle: DataBundle, run_dir: Path, params: list[dict[str, int]], quiet: bool) -> None:
+def _summary(
+    recipe: Recipe, bundle: DataBundle, run_dir: Path, params: list[dict[str, int]], quiet: bool, runtime: str = ""
+) -> None:
     if quiet:
         return
     size = input_size(recipe)
@@ -274,6 +277,8 @@ def _summary(recipe: Recipe, bundle: DataBundle, run_dir: Path, params: list[dic
     if bundle.skipped:
         print(f"  skipped   {len(bundle.skipped)} unreadable file(s), listed in {run_dir / runs.SKIPPED}")
     print(f"  backbone  {recipe.model.backbone} (weights: {recipe.model.weights}) at {size}x{size}")
+    if runtime:
+        print(f"  runtime   {runtime}, global batch {recipe.train.batch_size}")
     for stage, p in zip(recipe.train.stages, params):
         print(
             f"  stage     {stage.name}: {stage.epochs} epoch(s), {stage.optimizer} lr {stage.learning_rate:g} "
@@ -318,6 +323,22 @@ def finetune(
         run_path = None
         state = {}
 
+    with distribute.placed(rec.runtime) as place:
+        return _train(rec, run_path, state, place, run_dir=run_dir, quiet=quiet, export=export, started=started)
+
+
+def _train(
+    rec: Recipe,
+    run_path: Path | None,
+    state: dict[str, Any],
+    place: distribute.Placement,
+    *,
+    run_dir: str | Path | None,
+    quiet: bool,
+    export: bool | None,
+    started: float,
+) -> RunResult:
+    """finetune() once the recipe is resolved and the strategy and precision are in place."""
     task = get_task(rec)
     task.check(rec)
     keras.utils.set_random_seed(rec.seed)
@@ -327,14 +348,19 @@ def finetune(
             "no validation images: set data.val_fraction above 0 or give the source a validation split "
             "(the best checkpoint is chosen on it)"
         )
-    if run_path is None:
+    chief_dir = run_path if run_path is not None or place.chief or run_dir is None else Path(run_dir)
+    if run_path is None and place.chief:
         run_path = runs.new_run_dir(rec.name, run_dir)
         runs.atomic_write_text(run_path / runs.RECIPE, rec.to_yaml())
         runs.write_labels(run_path, bundle.class_names)
         runs.write_json(run_path / runs.VERSIONS, runs.package_versions())
         runs.atomic_write_text(run_path / runs.SKIPPED, "".join(f"{p}\t{why}\n" for p, why in bundle.skipped))
-    elif runs.read_labels(run_path) != bundle.class_names:
+    elif run_path is not None and runs.read_labels(run_path) != bundle.class_names:
         raise TlkitError(f"the data's classes changed since {run_path} started; resume needs the same classes")
+    if not place.chief:  # other workers train alongside, silently, writing to a scratch copy
+        _say(quiet, f"{place.task}: training with the chief ({place.describe()})")
+        run_path, quiet = place.write_dir(chief_dir), True
+    rec = place.effective(rec)  # per-replica batch -> global batch (and the learning-rate rule, if asked)
 
     num_classes = len(bundle.class_names)
     size = input_size(rec)
@@ -347,9 +373,11 @@ def finetune(
     def objective() -> tuple[Any, list[Any], Any]:  # fresh loss and metric objects for every compile
         return task.objective(rec, bundle)
 
-    model = task.build_model(rec, num_classes)
+    keras.utils.set_random_seed(rec.seed)  # again: generating a built-in dataset draws from the global RNG
+    with place.scope():
+        model = task.build_model(rec, num_classes)
     params = [apply_stage(model, s, resolve_batchnorm(rec, s)) for s in rec.train.stages]
-    _summary(rec, bundle, run_path, params, quiet)
+    _summary(rec, bundle, run_path, params, quiet, place.describe())
     fresh = rec.model_copy(update={"model": rec.model.model_copy(update={"weights": "none"})})
     done = int(state.get("completed_stages", 0))
     timings: list[dict[str, Any]] = []
@@ -362,11 +390,12 @@ def finetune(
                     continue
                 if i > 0:
                     # a fresh model per stage: a resumed fit() leaves state on the model object
-                    model = task.build_model(fresh, num_classes)
+                    with place.scope():
+                        model = task.build_model(fresh, num_classes)
                     model.load_weights(run_path / f"stage{i - 1}.weights.h5")
                 stage_start, first_epoch = time.perf_counter(), epoch
                 epoch = _run_stage(
-                    model, rec, stage, i, run_path, train_ds, plain_train_ds, val_ds, steps, epoch, objective, quiet
+                    model, rec, stage, i, run_path, train_ds, plain_train_ds, val_ds, steps, epoch, objective, quiet, place
                 )
                 seconds = time.perf_counter() - stage_start
                 timings.append(
@@ -389,7 +418,13 @@ def finetune(
         raise
 
     shutil.rmtree(cache, ignore_errors=True)
+    if not place.chief:
+        print(f"{place.task}: training finished; the chief writes the run directory", flush=True)
+        seconds = time.perf_counter() - started
+        return RunResult(chief_dir or run_path, {}, bundle.class_names, read_history(run_path), None, seconds, timings, chief=False)
     best = run_path / runs.BEST
+    if best.is_file() and rec.runtime.precision != "float32":
+        distribute.save_float32(best, lambda: task.build_model(fresh, num_classes))
     if best.is_file():
         model = keras.saving.load_model(best, compile=False)
     eval_split = "test" if "test" in bundle.splits else "val"
@@ -427,19 +462,23 @@ def _run_stage(
     epoch: int,
     objective: Any,
     quiet: bool,
+    place: distribute.Placement | None = None,
 ) -> int:
     apply_stage(model, stage, resolve_batchnorm(rec, stage))
     if not quiet:
         print(f"stage {index + 1}/{len(rec.train.stages)}: {stage.name}", flush=True)
+    place = place or distribute.Placement(None, "default", rec.runtime.precision)
     trained, setup = model, 0.0
-    if stage.unfreeze == "none" and rec.train.cache_features and get_task(rec).cache_features:
+    if stage.unfreeze == "none" and rec.train.cache_features and get_task(rec).cache_features and place.caches_features:
         setup = time.perf_counter()
         trained, train_ds, val_ds = _feature_head(model, train_ds, plain_train_ds, val_ds, rec, quiet)
         setup = time.perf_counter() - setup
         steps = int(train_ds.cardinality())
-    optimizer, schedule_callbacks = make_optimizer(stage, steps)
-    loss, metrics, weights = objective()
-    trained.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=rec.train.jit_compile)
+    trained = place.for_fit(trained)
+    with place.scope():  # optimizer and metric variables are created here
+        optimizer, schedule_callbacks = make_optimizer(stage, steps)
+        loss, metrics, weights = objective()
+        trained.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=rec.train.jit_compile)
     monitor = rec.monitor
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.BackupAndRestore(str(run_path / runs.BACKUP / f"stage{index}")),
@@ -456,16 +495,17 @@ def _run_stage(
         callbacks.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, restore_best_weights=False))
     if rec.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_path / "tensorboard")))
-    trained.fit(
-        train_ds,
-        validation_data=val_ds,
-        initial_epoch=epoch,
-        epochs=epoch + stage.epochs,
-        class_weight=weights,
-        shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
-        callbacks=callbacks,
-        verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
-    )
+    with place.scope():
+        trained.fit(
+            place.shard(train_ds),
+            validation_data=place.shard(val_ds),
+            initial_epoch=epoch,
+            epochs=epoch + stage.epochs,
+            class_weight=weights,
+            shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
+            callbacks=callbacks,
+            verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
+        )
     return epoch + stage.epochs
 
 
@@ -483,7 +523,7 @@ def _feature_head(model: keras.Model, train_ds, plain_train_ds, val_ds, rec: Rec
     def features(batches) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for images, labels in batches:
-            xs.append(call(images).numpy())
+            xs.append(call(images).numpy().astype(np.float32))  # float16 under mixed_float16
             ys.append(labels.numpy())
         return np.concatenate(xs), np.concatenate(ys)
 

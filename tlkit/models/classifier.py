@@ -44,7 +44,8 @@ def build_classifier(recipe: Recipe, num_classes: int) -> keras.Model:
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     if recipe.model.head.dropout > 0:
         x = keras.layers.Dropout(recipe.model.head.dropout, name="head_dropout")(x)
-    outputs = keras.layers.Dense(num_classes, name="logits")(x)
+    # float32 logits whatever runtime.precision says: softmax and the loss need the range
+    outputs = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name=f"tlkit_{spec.name}")
 
 

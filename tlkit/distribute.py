@@ -1,0 +1,364 @@
+"""Where a run executes: the tf.distribute strategy, the global batch, the chief, the precision.
+
+A recipe's `runtime` section says where and how to run without changing what
+the recipe means. This module turns it into TensorFlow's own machinery
+(`tf.distribute` strategies, Keras dtype policies), so the trainer is the same
+code on one CPU, on eight GPUs, on several machines or on a TPU.
+
+Strategies are registry entries (`register_strategy`); the trainer asks a
+`Placement` for the scope to build and compile in, the global batch, whether
+this process is the chief (the only one that writes the run directory) and
+the model to hand to `fit()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator
+
+import keras
+
+from tlkit.errors import TlkitError
+from tlkit.recipe import Recipe, Runtime
+
+STRATEGIES: dict[str, Callable[[Runtime], Any]] = {}
+
+
+def register_strategy(name: str) -> Callable[[Callable[[Runtime], Any]], Callable[[Runtime], Any]]:
+    """A `runtime.strategy` value: a function from the runtime section to a strategy (None: TF's default)."""
+
+    def add(fn: Callable[[Runtime], Any]) -> Callable[[Runtime], Any]:
+        STRATEGIES[name] = fn
+        return fn
+
+    return add
+
+
+# ----------------------------------------------------------------------------- cluster and devices
+
+
+def cluster_config() -> dict[str, Any] | None:
+    """TF_CONFIG as a dict (None when unset), or a one-line error naming what is wrong with it."""
+    raw = os.environ.get("TF_CONFIG", "").strip()
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise TlkitError(f"TF_CONFIG is not valid JSON ({exc}); see README 'Several machines'") from None
+    if not isinstance(config, dict) or not isinstance(config.get("cluster"), dict) or not isinstance(config.get("task"), dict):
+        raise TlkitError(
+            'TF_CONFIG must look like {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+            '"task": {"type": "worker", "index": 0}}'
+        )
+    return config
+
+
+def cluster_workers(config: dict[str, Any] | None) -> int:
+    """How many processes train together: chief + workers (parameter servers and evaluators take no part)."""
+    if not config:
+        return 1
+    return sum(len(config["cluster"].get(kind, [])) for kind in ("chief", "worker"))
+
+
+def _devices(runtime: Runtime) -> list[str] | None:
+    """runtime.devices checked against this machine's logical devices (None: let TensorFlow choose)."""
+    if not runtime.devices:
+        return None
+    import tensorflow as tf
+
+    have = {}
+    for device in tf.config.list_logical_devices():
+        spec = tf.DeviceSpec.from_string(device.name)
+        have[(spec.device_type.upper(), spec.device_index)] = f"/{spec.device_type.lower()}:{spec.device_index}"
+    chosen = []
+    for name in runtime.devices:
+        try:
+            spec = tf.DeviceSpec.from_string(name)
+        except (ValueError, TypeError):
+            spec = None
+        key = (spec.device_type.upper(), spec.device_index) if spec is not None and spec.device_type else None
+        if key not in have:
+            raise TlkitError(
+                f"runtime.devices names '{name}', which this machine does not have; it has: {', '.join(sorted(have.values()))}"
+            )
+        chosen.append(have[key])
+    return chosen
+
+
+# ----------------------------------------------------------------------------- strategies
+
+
+@register_strategy("auto")
+def _auto(runtime: Runtime) -> Any:
+    """Several workers in TF_CONFIG: multi_worker; several GPUs (or devices named): mirrored; else one device."""
+    import tensorflow as tf
+
+    if cluster_workers(cluster_config()) > 1:
+        return _multi_worker(runtime)
+    if len(runtime.devices) > 1 or len(tf.config.list_logical_devices("GPU")) > 1:
+        return _mirrored(runtime)
+    if runtime.devices:
+        return _one_device(runtime)
+    return None  # TensorFlow's default strategy: exactly the single-process path
+
+
+@register_strategy("one_device")
+def _one_device(runtime: Runtime) -> Any:
+    import tensorflow as tf
+
+    devices = _devices(runtime)
+    if devices and len(devices) > 1:
+        raise TlkitError(f"runtime.strategy one_device takes one device; runtime.devices names {len(devices)}: use mirrored")
+    device = devices[0] if devices else ("/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0")
+    return tf.distribute.OneDeviceStrategy(device)
+
+
+@register_strategy("mirrored")
+def _mirrored(runtime: Runtime) -> Any:
+    """Synchronous data parallelism over the GPUs of one machine (or the devices named)."""
+    import tensorflow as tf
+
+    return tf.distribute.MirroredStrategy(devices=_devices(runtime))
+
+
+@register_strategy("multi_worker")
+def _multi_worker(runtime: Runtime) -> Any:
+    """Synchronous data parallelism over several processes/machines described by TF_CONFIG."""
+    import tensorflow as tf
+
+    if cluster_config() is None:
+        raise TlkitError(
+            "runtime.strategy multi_worker needs TF_CONFIG (the cluster and this process's place in it); "
+            "start local workers with `tlkit local-workers N finetune RECIPE`, or see README 'Several machines'"
+        )
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except (RuntimeError, ValueError) as exc:
+        raise TlkitError(
+            f"could not start the multi-worker strategy ({str(exc).splitlines()[0]}); it must be created before "
+            "TensorFlow runs anything, so run each worker as a fresh `tlkit finetune` process"
+        ) from None
+
+
+@register_strategy("tpu")
+def _tpu(runtime: Runtime) -> Any:
+    """A Cloud TPU (VM: runtime.tpu 'local'; TPU node: its name or grpc:// address)."""
+    import tensorflow as tf
+
+    try:
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=runtime.tpu or None)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+    except Exception as exc:  # the resolver raises several types, none of them a user's bug
+        raise TlkitError(
+            f"runtime.strategy tpu: no TPU found ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+            "on a TPU VM set runtime.tpu=local, else the TPU's name"
+        ) from None
+
+
+def make_strategy(runtime: Runtime) -> Any:
+    """The recipe's strategy, or None for TensorFlow's default (one device, no distribution)."""
+    if runtime.strategy not in STRATEGIES:
+        raise TlkitError(f"unknown runtime.strategy '{runtime.strategy}'; strategies: {', '.join(STRATEGIES)}")
+    return STRATEGIES[runtime.strategy](runtime)
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+@contextmanager
+def precision(policy: str) -> Iterator[None]:
+    """Keras's global dtype policy for the block; the previous one is restored after, so later runs are unaffected."""
+    previous = keras.mixed_precision.dtype_policy()
+    keras.mixed_precision.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+
+
+def save_float32(path: Path, build: Callable[[], keras.Model]) -> None:
+    """Rewrite a mixed-precision checkpoint as a float32 model with the same weights.
+
+    Mixed precision is a training speed lever; evaluate, export and predict read a
+    float32 model, which runs on any device (float16 kernels are slow or missing on CPUs).
+    """
+    path = Path(path)
+    trained = keras.saving.load_model(path, compile=False)
+    with precision("float32"):
+        model = build()
+    model.set_weights(trained.get_weights())
+    tmp = path.with_name(f".{path.stem}.f32tmp{path.suffix}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- placement
+
+
+class _CollectiveModel(keras.Model):
+    """fit() under MultiWorkerMirroredStrategy.
+
+    Keras reduces each step's logs across workers with `reduce(MEAN, axis=0)`,
+    which fails on the scalar logs of the built-in steps; giving them a length-1
+    axis makes that reduce a plain mean. Epoch logs (what callbacks see) are read
+    from the metrics themselves, summed over all workers. Build it outside the
+    strategy's scope (its layers come from a model built inside), compile and fit
+    inside: a model created in the scope makes Keras reduce a whole data batch,
+    which multi-worker collectives reject.
+    """
+
+    def train_step(self, data: Any) -> dict[str, Any]:
+        return {k: keras.ops.reshape(v, (1,)) for k, v in super().train_step(data).items()}
+
+    def test_step(self, data: Any) -> dict[str, Any]:
+        return {k: keras.ops.reshape(v, (1,)) for k, v in super().test_step(data).items()}
+
+
+@dataclass
+class Placement:
+    """Where this process trains, and its part in the run."""
+
+    strategy: Any  # a tf.distribute.Strategy, or None for TensorFlow's default
+    kind: str  # the strategy that runs: default, one_device, mirrored, multi_worker, tpu
+    precision: str
+    chief: bool = True
+    task: str = "chief"  # e.g. worker1
+    workers: int = 1
+    scratch: Path | None = None
+
+    @property
+    def replicas(self) -> int:
+        return int(self.strategy.num_replicas_in_sync) if self.strategy is not None else 1
+
+    @property
+    def caches_features(self) -> bool:
+        """The frozen-stage feature cache runs the backbone outside the strategy: not on a TPU's host."""
+        return self.kind != "tpu"
+
+    def scope(self) -> ContextManager[Any]:
+        """Build and compile inside: variables become mirrored/replicated ones."""
+        return self.strategy.scope() if self.strategy is not None else nullcontext()
+
+    def effective(self, rec: Recipe) -> Recipe:
+        """The recipe as trained: `train.batch_size` is per replica, so the global batch is it times
+        the replicas; with `runtime.scale_learning_rate` every stage's rate is multiplied by them too."""
+        n = self.replicas
+        if n == 1:
+            return rec
+        stages = rec.train.stages
+        if rec.runtime.scale_learning_rate:
+            stages = [s.model_copy(update={"learning_rate": s.learning_rate * n}) for s in stages]
+        train = rec.train.model_copy(update={"batch_size": rec.train.batch_size * n, "stages": stages})
+        return rec.model_copy(update={"train": train})
+
+    def for_fit(self, model: keras.Model) -> keras.Model:
+        """The model to compile and fit (call outside `scope()`): a model sharing `model`'s layers that
+        belongs to the strategy, so Keras builds optimizer and metric state before tracing the step
+        (a model made outside the scope, like the feature-cache head, would build it inside a replica)."""
+        if self.strategy is None:
+            return model
+        if self.kind == "multi_worker":
+            return _CollectiveModel(model.inputs, model.outputs, name=model.name)
+        with self.scope():
+            return keras.Model(model.inputs, model.outputs, name=model.name)
+
+    def shard(self, ds: Any) -> Any:
+        """Each worker reads the whole (seeded, identically ordered) pipeline and keeps its share of every
+        global batch: sharding by data works for every source, files or not."""
+        if self.workers <= 1:
+            return ds
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return ds.with_options(options)
+
+    def write_dir(self, run_dir: Path | None) -> Path:
+        """Where this process writes. The chief: the run directory. Another worker: a scratch folder,
+        seeded from the chief's run directory when it exists (a resumed run), removed at the end.
+
+        Every worker runs the same saves and callbacks (collectives must match) and
+        restores the same backup, so BackupAndRestore works under multi-worker;
+        resuming needs the run directory visible to all workers (shared storage).
+        """
+        if self.chief:
+            raise ValueError("the chief writes the run directory itself")
+        if self.scratch is None:
+            self.scratch = Path(tempfile.mkdtemp(prefix=f"tlkit-{self.task}-"))
+            if run_dir is not None and Path(run_dir).is_dir():
+                _copy_resumable(Path(run_dir), self.scratch)
+        return self.scratch
+
+    def describe(self) -> str:
+        where = {"default": "one device (no distribution)"}.get(self.kind, self.kind)
+        parts = [f"{where}, {self.replicas} replica(s)"]
+        if self.workers > 1:
+            parts.append(f"{self.workers} workers, this one {self.task}{' (chief)' if self.chief else ''}")
+        parts.append(f"precision {self.precision}")
+        return ", ".join(parts)
+
+
+def _copy_resumable(run_dir: Path, to: Path) -> None:
+    """The files a run resumes from (state, stage weights, history, backups); the chief may be writing
+    beside them, so its temporary files are skipped and a file that vanishes meanwhile is no error."""
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        if not path.is_file() or rel.parts[0] in ("cache", "tensorboard") or any(p.startswith(".") for p in rel.parts):
+            continue
+        (to / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            shutil.copy2(path, to / rel)
+        except FileNotFoundError:
+            continue
+
+
+def _task_of(strategy: Any) -> tuple[bool, str, int]:
+    """(chief?, task name, workers) from the strategy's cluster resolver; the chief is the `chief` task,
+    else worker 0 (TensorFlow's convention)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True, "chief", 1
+    spec = resolver.cluster_spec().as_dict()
+    workers = sum(len(spec.get(kind, [])) for kind in ("chief", "worker")) or 1
+    kind, index = resolver.task_type, int(resolver.task_id or 0)
+    chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in spec)
+    return chief, f"{kind}{index}", workers
+
+
+def _kind_of(strategy: Any) -> str:
+    import tensorflow as tf
+
+    if strategy is None:
+        return "default"
+    for cls, kind in (
+        (tf.distribute.MultiWorkerMirroredStrategy, "multi_worker"),
+        (tf.distribute.MirroredStrategy, "mirrored"),
+        (tf.distribute.TPUStrategy, "tpu"),
+    ):
+        if isinstance(strategy, cls):
+            return kind
+    return "one_device"
+
+
+@contextmanager
+def placed(runtime: Runtime) -> Iterator[Placement]:
+    """The strategy and precision of one run; the dtype policy is restored and a worker's scratch removed after."""
+    strategy = make_strategy(runtime)
+    kind = _kind_of(strategy)
+    chief, task, workers = _task_of(strategy) if kind == "multi_worker" else (True, "chief", 1)
+    place = Placement(strategy, kind, runtime.precision, chief, task, workers)
+    try:
+        with precision(runtime.precision):
+            yield place
+    finally:
+        if place.scratch is not None:
+            shutil.rmtree(place.scratch, ignore_errors=True)
