@@ -575,8 +575,8 @@ def _fill(obj: Any, tensors: dict[tuple[str, int, int], Any]) -> Any:
             name, node, index = obj["config"]["keras_history"]
             return tensors[(name, int(node), int(index))]
         return {k: _fill(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_fill(v, tensors) for v in obj]
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_fill(v, tensors) for v in obj)
     return obj
 
 
@@ -589,8 +589,9 @@ def tap(model: keras.Model, path: str) -> keras.Model:
     """
     head, _, rest = path.partition("/")
     layer = model.get_layer(head)
+    feed = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     if not rest:
-        return keras.Model(model.inputs, [layer.output, *model.outputs])
+        return keras.Model(feed, [layer.output, *model.outputs])
     inner = tap(layer, rest)
     if isinstance(model, keras.Sequential):
         x = model.inputs[0]
@@ -601,7 +602,7 @@ def tap(model: keras.Model, path: str) -> keras.Model:
                 x = outs[0]
             else:
                 x = lyr(x)
-        return keras.Model(model.inputs, [act, x])
+        return keras.Model(feed, [act, x])
     config = model.get_config()
     tensors: dict[tuple[str, int, int], Any] = {}
     inputs = config["input_layers"]
@@ -624,7 +625,7 @@ def tap(model: keras.Model, path: str) -> keras.Model:
                 tensors[(entry["name"], node_index, i)] = t
     outputs = config["output_layers"]
     outputs = [outputs] if outputs and isinstance(outputs[0], str) else outputs
-    return keras.Model(model.inputs, [act, *(tensors[(n, k, i)] for n, k, i in outputs)])
+    return keras.Model(feed, [act, *(tensors[(n, k, i)] for n, k, i in outputs)])
 
 
 # ----------------------------------------------------------------------------- images
@@ -753,12 +754,19 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, format="png")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a picture is for sharing
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
 
 
 def _figure(width: float, height: float, dpi: int = 100) -> Any:
@@ -775,9 +783,16 @@ def _grid(count: int, max_cols: int = 8) -> tuple[int, int]:
 def draw_feature_maps(
     maps: np.ndarray, out: str | os.PathLike[str], title: str, image: np.ndarray | None = None, max_maps: int = 64
 ) -> Path:
-    """Each channel as its own grey-to-yellow tile (scaled per channel), the input first."""
+    """Each channel as its own tile (colours scaled per channel), the input first; a vector as bars."""
     if maps.ndim == 1:
-        maps = maps[None, None, :]
+        fig = _figure(10, 3.5)
+        ax = fig.add_subplot(1, 1, 1)
+        ax.bar(np.arange(len(maps)), maps, color="tab:blue")
+        ax.set_xlabel("unit")
+        ax.set_ylabel("activation")
+        ax.set_title(title, fontsize=9)
+        fig.tight_layout()
+        return save_figure(fig, out)
     if maps.ndim != 3:
         raise TlkitError(f"cannot draw an activation of shape {maps.shape}: choose a layer with a spatial output")
     channels = min(maps.shape[-1], max_maps)

@@ -105,6 +105,12 @@ def _figure(width: float, height: float) -> Any:
     return MplFigure(figsize=(width, height), dpi=DPI)
 
 
+def _umask() -> int:
+    mask = os.umask(0o22)
+    os.umask(mask)
+    return mask
+
+
 def _save(fig: Any, path: Path) -> None:
     from tlkit.inspection import save_figure
 
@@ -435,6 +441,7 @@ def write_report(
             *entry.figures(ctx),
         ]
         (tmp / INDEX).write_text(render_index(ctx, figures), encoding="utf-8")
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a report is for sharing
         final = run_dir / REPORT
         old = None
         if final.exists():
