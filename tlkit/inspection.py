@@ -563,8 +563,14 @@ def find_layer(model: keras.Model, name: str) -> str:
         return matches[0]
     if len(matches) > 1:
         raise TlkitError(f"layer name '{name}' is ambiguous: {', '.join(matches)}")
-    close = difflib.get_close_matches(name, paths + [p.rsplit("/", 1)[-1] for p in paths], n=3)
-    hint = f"; close: {', '.join(close)}" if close else ""
+    close = difflib.get_close_matches(name, paths, n=3, cutoff=0.5)
+    close += [p for p in paths if p.rsplit("/", 1)[-1] in difflib.get_close_matches(name, [q.rsplit("/", 1)[-1] for q in paths], n=3, cutoff=0.5) and p not in close]
+    if close:
+        hint = f"; close: {', '.join(close[:3])}"
+    elif len(paths) <= 30:
+        hint = f"; its layers: {', '.join(paths)}"
+    else:
+        hint = ""
     raise TlkitError(f"no layer '{name}' in model '{model.name}'{hint} (`tlkit inspect TARGET` lists them)")
 
 
@@ -655,6 +661,8 @@ def model_image(model: keras.Model, image: "str | os.PathLike[str] | np.ndarray"
         x = tf.image.rgb_to_grayscale(x)
     elif c == 3 and x.shape[-1] == 1:
         x = tf.image.grayscale_to_rgb(x)
+    if c is not None and x.shape[-1] != c:
+        raise TlkitError(f"the model takes {c}-channel images; this image has {x.shape[-1]} (give an array of {c} channels)")
     return original, x.numpy()[None]
 
 
