@@ -309,6 +309,8 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
+        if value != 0 and abs(value) < 0.001:  # learning rates
+            return f"{value:.3g}"
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
