@@ -202,3 +202,14 @@ def test_gradcam_is_highest_over_the_shape(shapes_model, tfds_dir, tmp_path):
     assert result["label"] == "star" and result["written"] == [out]
     with Image.open(out) as img:
         assert np.asarray(img.convert("RGB")).std() > 10
+
+
+def test_backbone_name_known_receptive_field():
+    from tlkit.inspection import inspect_model
+
+    result = inspect_model("mobilenet", options={"alpha": 0.25}, input_size=96)
+    rows = result["rows"]
+    assert [r.name for r in rows[:3]] == ["image", "preprocess", "backbone/conv1"]  # its input scaling in front
+    # MobileNet v1: 3x3 conv at stride 2, then 13 depthwise 3x3 (4 of them strided): 315 pixels, jump 32
+    assert (rows[-1].receptive_field, rows[-1].jump, rows[-1].output_shape) == ((315, 315), (32, 32), (3, 3, 256))
+    assert result["totals"]["params"] == sum(r.params for r in rows)

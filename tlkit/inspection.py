@@ -218,6 +218,17 @@ def _tensor_refs(obj: Any) -> list[tuple[str, int, int]]:
     return found
 
 
+def _lookup(tensors: dict[tuple[str, int, int], Any], ref: tuple[str, int, int]) -> Any:
+    """A serialized tensor reference. Keras numbers a nested Functional's calls from 1 (its node 0
+    is its own construction) or from 0 (a reloaded model), so a miss tries the node before."""
+    name, node, index = ref
+    if ref in tensors:
+        return tensors[ref]
+    if (name, node - 1, index) in tensors:
+        return tensors[(name, node - 1, index)]
+    raise KeyError(ref)
+
+
 def _is_model(layer: Any) -> bool:
     return isinstance(layer, keras.Model)
 
@@ -243,16 +254,16 @@ def _flatten(model: keras.Model, prefix: str, input_keys: list[str], calls: list
             continue
         layer = model.get_layer(name)
         for node_index, node in enumerate(entry["inbound_nodes"]):
-            refs = _tensor_refs(node)
-            missing = [r for r in refs if r not in tensors]
-            if missing:
-                raise TlkitError(f"cannot follow the graph of '{model.name}' at layer '{name}'")
-            outs = _call(layer, f"{prefix}{name}", [tensors[r] for r in refs], calls, shapes)
+            try:
+                feeds = [_lookup(tensors, r) for r in _tensor_refs(node)]
+            except KeyError:
+                raise TlkitError(f"cannot follow the graph of '{model.name}' at layer '{name}'") from None
+            outs = _call(layer, f"{prefix}{name}", feeds, calls, shapes)
             for i, key in enumerate(outs):
                 tensors[(name, node_index, i)] = key
     outputs = config["output_layers"]
     outputs = [outputs] if outputs and isinstance(outputs[0], str) else outputs
-    return [tensors[(n, k, i)] for n, k, i in outputs]
+    return [_lookup(tensors, (n, k, i)) for n, k, i in outputs]
 
 
 def _call(layer: keras.layers.Layer, path: str, input_keys: list[str], calls: list[_Call], shapes: dict[str, Any]) -> list[str]:
@@ -485,8 +496,8 @@ def load_target(
 ) -> tuple[keras.Model, str]:
     """(model, description) for a backbone name, a recipe, a run directory or a `.keras` file.
 
-    A backbone is built alone, with random weights unless `weights` says otherwise
-    (nothing is downloaded by default); a recipe builds its classifier with
+    A backbone is built behind its preprocessing layer, with random weights unless
+    `weights` says otherwise (nothing is downloaded by default); a recipe builds its classifier with
     `num_classes` outputs (default: counted from its class folders, 4 for the built-in data).
     """
     from tlkit import runs
@@ -536,8 +547,13 @@ def load_target(
         ) from None
     size = input_size or spec.default_size
     chosen = weights or "none"
-    model = build_backbone(spec, size, chosen, options or {})
-    return model, f"backbone {spec.name} at {size}x{size} (weights: {chosen})"
+    from tlkit.models.preprocess import Preprocess
+
+    backbone = build_backbone(spec, size, chosen, options or {})
+    # with its input scaling in front, as in a tlkit model: feature maps of [0, 255] pixels mean something
+    inputs = keras.Input((size, size, 3), name="image")
+    model = keras.Model(inputs, backbone(Preprocess(spec.preprocess, name="preprocess")(inputs)), name=spec.name)
+    return model, f"backbone {spec.name} at {size}x{size} (weights: {chosen}; preprocessing '{spec.preprocess}' in front)"
 
 
 # ----------------------------------------------------------------------------- finding and tapping layers
@@ -579,7 +595,7 @@ def _fill(obj: Any, tensors: dict[tuple[str, int, int], Any]) -> Any:
     if isinstance(obj, dict):
         if obj.get("class_name") == "__keras_tensor__":
             name, node, index = obj["config"]["keras_history"]
-            return tensors[(name, int(node), int(index))]
+            return _lookup(tensors, (name, int(node), int(index)))
         return {k: _fill(v, tensors) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return type(obj)(_fill(v, tensors) for v in obj)
@@ -631,7 +647,7 @@ def tap(model: keras.Model, path: str) -> keras.Model:
                 tensors[(entry["name"], node_index, i)] = t
     outputs = config["output_layers"]
     outputs = [outputs] if outputs and isinstance(outputs[0], str) else outputs
-    return keras.Model(feed, [act, *(tensors[(n, k, i)] for n, k, i in outputs)])
+    return keras.Model(feed, [act, *(_lookup(tensors, (n, k, i)) for n, k, i in outputs)])
 
 
 # ----------------------------------------------------------------------------- images
