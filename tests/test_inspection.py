@@ -102,7 +102,6 @@ def test_example_script_walks_through_the_arithmetic(tmp_path):
 
 
 def test_inspect_cli_on_a_keras_file(tmp_path):
-    import keras
     from PIL import Image
 
     model = _stack(nested=True)
@@ -131,7 +130,6 @@ def test_inspect_cli_on_a_keras_file(tmp_path):
         assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 10
     wrong = here("--image", str(image), "--layer", "c3")
     assert wrong.exit_code == 2 and "no layer 'c3'" in wrong.output and "c1" in wrong.output
-    del keras
 
 
 def test_inspect_recipe_flattens_the_classifier():

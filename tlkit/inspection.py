@@ -894,7 +894,7 @@ def draw_gradcam(image: np.ndarray, heatmap: np.ndarray, out: str | os.PathLike[
 # ----------------------------------------------------------------------------- the command
 
 
-def _class_index(target: str | os.PathLike[str], model: keras.Model, name: str) -> int:
+def _class_index(target: str | os.PathLike[str], name: str) -> int:
     """A class given by name (labels.txt of a run) or by index."""
     from tlkit import runs
 
@@ -942,7 +942,7 @@ def inspect_model(
         return result
     if image:
         path = find_layer(model, layer)  # type: ignore[arg-type]
-        original, batch = model_image(model, image)
+        _, batch = model_image(model, image)
         maps = keras.ops.convert_to_numpy(tap(model, path)(batch, training=False)[0])[0]
         shape = "x".join(str(s) for s in maps.shape)
         shown = np.clip(batch[0], 0, 255).astype(np.uint8)
@@ -954,7 +954,7 @@ def inspect_model(
         shape = "x".join(str(s) for s in kernel.shape)
         result["written"].append(draw_filters(kernel, out or "filters.png", f"{path} kernels ({shape})", depthwise))
     if gradcam_image:
-        chosen = _class_index(target, model, class_name) if class_name else None
+        chosen = _class_index(target, class_name) if class_name else None
         cam = gradcam(model, gradcam_image, chosen, layer if not image else None)
         original, _ = model_image(model, gradcam_image)
         from tlkit import runs
