@@ -20,6 +20,8 @@ _API = {
     "export": ("tlkit.exporting", "export_run"),
     "predict": ("tlkit.prediction", "predict"),
     "extract": ("tlkit.extraction", "extract"),
+    "write_report": ("tlkit.report", "write_report"),  # not "report": the module tlkit.report would shadow it
+    "inspect": ("tlkit.inspection", "inspect_model"),
     "load_recipe": ("tlkit.recipe", "load_recipe"),
     "Recipe": ("tlkit.recipe", "Recipe"),
     "TlkitError": ("tlkit.errors", "TlkitError"),

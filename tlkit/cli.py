@@ -34,7 +34,7 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tlkit")
 def cli() -> None:
-    """Transfer learning for image models: finetune, evaluate, export, predict, extract."""
+    """Transfer learning for image models: finetune, evaluate, export, predict, extract, report, inspect."""
 
 
 @cli.command()
@@ -49,9 +49,10 @@ def cli() -> None:
 @click.option("--run-dir", type=click.Path(), help="Run directory (default runs/NAME-TIMESTAMP).")
 @click.option("--resume", type=click.Path(), help="Continue an interrupted run from its directory.")
 @click.option("--no-export", is_flag=True, help="Skip the SavedModel export at the end.")
+@click.option("--no-report", is_flag=True, help="Skip the pictures and index.html in RUN_DIR/report/.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")
 @_handle_errors
-def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, resume: str | None, no_export: bool, quiet: bool, **flags: Any) -> None:
+def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, resume: str | None, no_export: bool, no_report: bool, quiet: bool, **flags: Any) -> None:
     """Train a classifier from RECIPE (a YAML file or a shipped name; default: quickstart)."""
     from tlkit.recipe import parse_override
     from tlkit.train import finetune as run
@@ -66,6 +67,7 @@ def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, res
         resume=resume,
         quiet=quiet,
         export=False if no_export else None,
+        report=not no_report,
         **flags,
     )
     if not result.chief:  # another worker of a multi-worker run: the chief reports
@@ -170,6 +172,49 @@ def extract(source: str, data: str, split: str | None, layer: str | None, pool: 
     )
     n, d = result["features"].shape
     click.echo(f"wrote {n} x {d} features to {out}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+@click.option("--max-images", type=int, default=256, show_default=True, help="Validation images predicted for predictions.png.")
+@_handle_errors
+def report(run_dir: str, max_images: int) -> None:
+    """(Re)write RUN_DIR/report/: curves, confusion matrix, predictions and index.html."""
+    from tlkit.report import write_report
+
+    click.echo(f"report: {write_report(run_dir, max_images=max_images)}")
+
+
+@cli.command()
+@click.argument("target")
+@click.option("--image", type=click.Path(), help="Draw --layer's feature maps for this image (to --out).")
+@click.option("--layer", help="Layer name (as in the table; 'backbone/NAME' or NAME) for --image, or Grad-CAM's layer.")
+@click.option("--out", type=click.Path(), help="PNG to write (default feature_maps.png, filters.png or gradcam.png).")
+@click.option("--filters", is_flag=True, help="Draw the first convolution's kernels.")
+@click.option("--gradcam", "gradcam_image", type=click.Path(), metavar="IMG", help="Write a Grad-CAM heatmap over IMG.")
+@click.option("--class", "class_name", help="Grad-CAM class: a label name (run directories) or an index; default: the top prediction.")
+@click.option("--weights", help="For a backbone name or recipe: imagenet, none (default for a name) or a weights file.")
+@click.option("--input-size", type=int, help="For a backbone name or recipe: square input side.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Backbone constructor option, e.g. alpha=0.25.")
+@click.option("--classes", "num_classes", type=int, help="For a recipe: classes of the head (default: counted from its data folder).")
+@_handle_errors
+def inspect(target: str, image: str | None, layer: str | None, out: str | None, filters: bool, gradcam_image: str | None, class_name: str | None, weights: str | None, input_size: int | None, options: tuple[str, ...], num_classes: int | None) -> None:
+    """Layers of TARGET (a backbone name, a recipe, a run directory or a .keras file): shapes, parameters,
+    receptive fields, multiply-adds; or pictures of feature maps, kernels and Grad-CAM."""
+    from tlkit.inspection import inspect_model
+    from tlkit.recipe import parse_override
+
+    result = inspect_model(
+        target, image=image, layer=layer, out=out, filters=filters, gradcam_image=gradcam_image, class_name=class_name,
+        weights=weights, input_size=input_size, options=dict(parse_override(o) for o in options), num_classes=num_classes,
+    )
+    if "table" in result:
+        click.echo(result["description"])
+        click.echo(result["table"])
+    if "label" in result:
+        click.echo(f"Grad-CAM: {result['label']} (p={result['probability']:.3f}) at layer {result['layer']}")
+    for path in result["written"]:
+        click.echo(f"wrote {path}")
 
 
 @cli.command()

@@ -299,6 +299,7 @@ def finetune(
     resume: str | Path | None = None,
     quiet: bool = False,
     export: bool | None = None,
+    report: bool = True,
     **flags: Any,
 ) -> RunResult:
     """Train a classifier as the recipe says; return metrics, run directory and export path.
@@ -306,6 +307,7 @@ def finetune(
     `flags` are shortcuts (`data=`, `backbone=`, `weights=`, `epochs=`, `batch_size=`,
     `input_size=`) or dotted keys written with `__` (`train__label_smoothing=0.1`).
     `resume=RUN_DIR` continues an interrupted run from its own folder.
+    `report=False` skips the pictures and index.html in RUN_DIR/report/.
     """
     started = time.perf_counter()
     if resume is not None:
@@ -444,6 +446,10 @@ def _train(
         from tlkit.exporting import export_run
 
         export_dir = export_run(run_path, quiet=quiet)
+    if report:  # curves, confusion matrix, predictions in run/report/; a failure only warns
+        from tlkit.report import report_after_training
+
+        report_after_training(run_path, model=model, bundle=bundle, quiet=quiet)
     return RunResult(
         run_path, metrics, bundle.class_names, read_history(run_path), export_dir, time.perf_counter() - started, timings
     )
