@@ -211,6 +211,19 @@ def test_segmentation_end_to_end_reaches_miou_on_builtin_masks(seg_run):
     assert (result.export_dir / "labels.txt").read_text().split() == ["background", "shape"]
 
 
+def test_segmentation_report_shows_masks(seg_run):
+    """report/overlays.png: one row (image, true mask, prediction) per worst image, plus the pixel confusion."""
+    from PIL import Image
+
+    report = seg_run[0].run_dir / "report"
+    for name in ("curves.png", "confusion_matrix.png", "overlays.png"):
+        with Image.open(report / name) as img:
+            pixels = np.asarray(img.convert("RGB"))
+        assert pixels.shape[0] > 200 and pixels.shape[1] > 200 and pixels.std() > 10, name
+    text = (report / "index.html").read_text(encoding="utf-8")
+    assert "overlays.png" in text and "mean iou" in text.lower()
+
+
 def test_segmentation_export_predicts_the_keras_mask_in_a_fresh_process(seg_run, tmp_path):
     import keras
 

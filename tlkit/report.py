@@ -75,7 +75,7 @@ class ReportContext:
         if self._bundle is None:
             from tlkit.data.sources import load_data
 
-            self._bundle = load_data(self.recipe.data, self.recipe.seed, progress=False)
+            self._bundle = load_data(self.recipe.data, self.recipe.seed, progress=False, task=self.recipe.task)
         return self._bundle
 
 
@@ -288,6 +288,103 @@ def classification_figures(ctx: ReportContext) -> list[Figure]:
 
 
 register_report("classification", TaskReport(metric="accuracy", figures=classification_figures))
+
+
+# ----------------------------------------------------------------------------- segmentation
+
+OVERLAYS = "overlays.png"
+OVERLAY_ROWS = 8
+
+
+def _eval_split(ctx: ReportContext) -> str | None:
+    splits = ctx.bundle().splits
+    return next((s for s in ("val", "test", "train") if s in splits), None)
+
+
+def _predict_masks(ctx: ReportContext, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(uint8-range images, true masks with 255 = ignore, predicted masks) of the first `max_images` of a split."""
+    import tensorflow as tf
+
+    from tlkit.tasks import get_task
+
+    model = ctx.model()
+    batches = get_task(ctx.recipe).eval_pipeline(ctx.bundle(), ctx.recipe, split, 16)
+    call = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32), reduce_retracing=True)
+    images, truths, preds, n = [], [], [], 0
+    for x, y in batches:
+        images.append(x.numpy())
+        truths.append(y.numpy()[..., 0])
+        preds.append(call(x).numpy())
+        n += len(images[-1])
+        if n >= ctx.max_images:
+            break
+    k = ctx.max_images
+    return np.concatenate(images)[:k], np.concatenate(truths)[:k], np.concatenate(preds)[:k]
+
+
+def worst_masks_first(truths: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """Images by rising pixel accuracy over their valid (not ignored) pixels."""
+    valid = truths != 255
+    right = ((truths == preds) & valid).reshape(len(truths), -1).sum(axis=1)
+    accuracy = right / np.maximum(valid.reshape(len(truths), -1).sum(axis=1), 1)
+    return np.argsort(accuracy, kind="stable"), accuracy
+
+
+def plot_overlays(
+    images: np.ndarray, truths: np.ndarray, preds: np.ndarray, names: list[str], split: str, path: Path, rows: int = OVERLAY_ROWS
+) -> None:
+    """Rows of (image, true mask, predicted mask), the worst images first, with a colour legend."""
+    from matplotlib.patches import Patch
+
+    from tlkit.segmentation.serving import palette
+
+    order, accuracy = worst_masks_first(truths, preds)
+    order = order[:rows]
+    colours = np.concatenate([palette(len(names)), np.array([[128, 128, 128]], np.uint8)])
+    height = 2.0 * max(len(order), 1) + 0.9
+    fig = _figure(6.4, height)
+    fig.suptitle(f"{split}: image, true mask, prediction; worst pixel accuracy first", fontsize=10)
+    for r, k in enumerate(order):
+        image = images[k].clip(0, 255).astype(np.uint8)
+        truth = np.where(truths[k] == 255, len(names), truths[k])
+        panels = (image, colours[truth], colours[preds[k]])
+        titles = ("image", "true mask", f"predicted mask ({accuracy[k]:.0%} of pixels right)")
+        for c, (panel, title) in enumerate(zip(panels, titles)):
+            ax = fig.add_subplot(max(len(order), 1), 3, 3 * r + c + 1)
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    handles = [Patch(color=colours[i] / 255.0, label=name) for i, name in enumerate(names)]
+    handles.append(Patch(color=colours[-1] / 255.0, label="ignored"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.35 / height, 1, 1 - 0.45 / height))
+    _save(fig, path)
+
+
+def segmentation_figures(ctx: ReportContext) -> list[Figure]:
+    figures = []
+    if "confusion_matrix" in ctx.metrics:
+        split = ctx.metrics.get("split", "test")
+        plot_confusion(np.array(ctx.metrics["confusion_matrix"]), ctx.labels, split, ctx.out / CONFUSION)
+        figures.append(
+            Figure(CONFUSION, "Pixel confusion matrix", f"On the {split} split, over valid pixels: rows are the true classes, each sums to 1.")
+        )
+    split = _eval_split(ctx)
+    if split is not None:
+        images, truths, preds = _predict_masks(ctx, split)
+        plot_overlays(images, truths, preds, ctx.labels, split, ctx.out / OVERLAYS)
+        figures.append(
+            Figure(
+                OVERLAYS,
+                "Masks",
+                f"{min(len(images), OVERLAY_ROWS)} of the first {len(images)} {split} images, the lowest pixel accuracy "
+                "first: the image, its true mask (grey: ignored pixels) and the predicted mask.",
+            )
+        )
+    return figures
+
+
+register_report("segmentation", TaskReport(metric="mean_iou", figures=segmentation_figures))
 
 
 # ----------------------------------------------------------------------------- index.html

@@ -326,7 +326,7 @@ def finetune(
         state = {}
 
     with distribute.placed(rec.runtime) as place:
-        return _train(rec, run_path, state, place, run_dir=run_dir, quiet=quiet, export=export, started=started)
+        return _train(rec, run_path, state, place, run_dir=run_dir, quiet=quiet, export=export, report=report, started=started)
 
 
 def _train(
@@ -338,6 +338,7 @@ def _train(
     run_dir: str | Path | None,
     quiet: bool,
     export: bool | None,
+    report: bool,
     started: float,
 ) -> RunResult:
     """finetune() once the recipe is resolved and the strategy and precision are in place."""
