@@ -9,8 +9,8 @@ interrupted run resumes from its folder alone.
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import shutil
 import signal
 import sys
@@ -28,8 +28,16 @@ from tlkit.data.pipeline import make_pipeline
 from tlkit.data.sources import DataBundle, load_data
 from tlkit.errors import TlkitError
 from tlkit.evaluation import evaluate_keras_model
-from tlkit.models.classifier import apply_stage, build_classifier, check_model, input_size, resolve_batchnorm
+from tlkit.models.classifier import (
+    apply_stage,
+    build_classifier,
+    check_model,
+    input_size,
+    load_run_model,
+    resolve_batchnorm,
+)
 from tlkit.recipe import Recipe, Stage, load_recipe, parse_override, shortcut_overrides
+from tlkit.runtime import seed_and_determinism
 
 
 @dataclass
@@ -166,9 +174,125 @@ class _BestCheckpoint(keras.callbacks.Callback):
         if self.best is not None and (value >= self.best if self.lower_is_better else value <= self.best):
             return
         self.best = value
-        tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
-        self.target.save(tmp)
-        os.replace(tmp, self.path)
+        with runs.atomic_path(self.path) as tmp:
+            self.target.save(tmp)
+
+
+RESUME_POINT = "resume.json"
+
+
+def _seed_variables(model: keras.Model) -> list[Any]:
+    """The layers' random-seed state (dropout masks): in `variables` but not in `weights`, so not in weight files."""
+    weight_ids = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weight_ids]
+
+
+class _ResumePoint(keras.callbacks.Callback):
+    """After every epoch: weights, optimizer state, seed state and the next epoch, crash-safe.
+
+    Used instead of keras BackupAndRestore, which overwrites its weights file in
+    place (a kill mid-write corrupts it, and weights and epoch can disagree) and
+    drops the seed state. Each epoch gets its own file under a temporary name;
+    only then does `resume.json` (renamed into place) point at it.
+    """
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = Path(folder)
+
+    def on_epoch_end(self, epoch, logs=None):
+        name = f"epoch{epoch + 1}.weights.h5"
+        with runs.atomic_path(self.folder / name) as tmp:
+            self.model.save_weights(tmp)
+        seeds = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_variables(self.model)]
+        runs.write_json(self.folder / RESUME_POINT, {"epoch": epoch + 1, "weights": name, "seeds": seeds})
+        for old in self.folder.glob("epoch*.weights.h5"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+
+def _restore_resume_point(model: keras.Model, folder: Path) -> int | None:
+    """Load a stage's last resume point into the compiled `model`; the epoch to continue from, or None."""
+    path = Path(folder) / RESUME_POINT
+    if not path.is_file():
+        return None
+    point = runs.read_json(path)
+    model.optimizer.build(model.trainable_variables)  # so the optimizer state in the file has a place to go
+    model.load_weights(Path(folder) / point["weights"])
+    seeds = _seed_variables(model)
+    if len(seeds) == len(point.get("seeds", [])):
+        for variable, value in zip(seeds, point["seeds"]):
+            variable.assign(value)
+    return int(point["epoch"])
+
+
+def _replay(dataset, passes: int, quiet: bool) -> None:
+    """Iterate the training stream `passes` times without training.
+
+    Its shuffle order and augmentation draw from random state that lives in the
+    stream itself; replaying brings that state to where the interrupted process
+    had it, so a deterministic resumed run sees the very same batches.
+    """
+    if passes <= 0:
+        return
+    _say(quiet, f"  replaying {passes} pass(es) of the input stream (runtime.deterministic: same batches as before)")
+    for _ in range(passes):
+        for _ in dataset:
+            pass
+
+
+class _StopOnNonFinite(keras.callbacks.Callback):
+    """Stop at the first NaN/Inf training loss, naming epoch and step; nothing of that epoch is saved.
+
+    Raising (rather than keras TerminateOnNaN's stop_training) ends fit() before
+    any epoch-end callback, so best.keras and the resume point stay at the last
+    good epoch.
+    """
+
+    def __init__(self, stage: str, steps: int, run_path: Path):
+        super().__init__()
+        self.stage, self.steps, self.run_path, self.epoch = stage, steps, run_path, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        value = float(keras.ops.convert_to_numpy(loss))
+        if not math.isfinite(value):
+            raise TlkitError(
+                f"the training loss became {value} at epoch {self.epoch + 1}, step {batch + 1} of {self.steps} "
+                f"(stage '{self.stage}'), so training stopped; {self.run_path} keeps the last good epoch "
+                f"({runs.BEST} and the resume point). Start a new run with a lower learning_rate or a clipnorm, "
+                "or check the data"
+            )
+
+
+class _HistoryCSV(keras.callbacks.Callback):
+    """history.csv, one row per epoch, rewritten whole and renamed (keras CSVLogger appends in place)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows: list[dict[str, Any]] = []
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        row: dict[str, Any] = {"epoch": epoch}
+        for key, value in (logs or {}).items():
+            array = np.asarray(keras.ops.convert_to_numpy(value))
+            row[key] = float(array) if array.ndim == 0 else value
+        rows.append(row)
+        keys = ["epoch"] + sorted({k for r in rows for k in r if k != "epoch"})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        runs.atomic_write_text(self.path, out.getvalue())
 
 
 def make_optimizer(stage: Stage, steps_per_epoch: int) -> tuple[keras.optimizers.Optimizer, list[keras.callbacks.Callback]]:
@@ -317,9 +441,9 @@ def finetune(
         if recipe is not None or overrides or any(v is not None for v in flags.values()):
             raise TlkitError("--resume continues a run exactly as it was recorded: give no recipe or overrides with it")
         run_path = runs.require_run_dir(resume)
-        if (run_path / runs.METRICS).exists():
-            raise TlkitError(f"run {run_path} already finished (it has {runs.METRICS}); nothing to resume")
         rec = load_recipe(run_path / runs.RECIPE)
+        if (run_path / runs.METRICS).exists():
+            return _finish_export(run_path, rec, export, quiet, started)
         state = runs.read_json(run_path / runs.STATE) if (run_path / runs.STATE).is_file() else {}
     else:
         merged = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(overrides or {})
@@ -329,7 +453,7 @@ def finetune(
         state = {}
 
     check_model(rec)
-    keras.utils.set_random_seed(rec.seed)
+    seed_and_determinism(rec.seed, rec.runtime.deterministic)
     bundle = load_data(rec.data, rec.seed, progress=not quiet)
     if "val" not in bundle.splits:
         raise TlkitError(
@@ -338,10 +462,10 @@ def finetune(
         )
     if run_path is None:
         run_path = runs.new_run_dir(rec.name, run_dir)
-        runs.atomic_write_text(run_path / runs.RECIPE, rec.to_yaml())
         runs.write_labels(run_path, bundle.class_names)
         runs.write_json(run_path / runs.VERSIONS, runs.package_versions())
         runs.atomic_write_text(run_path / runs.SKIPPED, "".join(f"{p}\t{why}\n" for p, why in bundle.skipped))
+        runs.atomic_write_text(run_path / runs.RECIPE, rec.to_yaml())  # last: a run dir with a recipe is complete
     elif runs.read_labels(run_path) != bundle.class_names:
         raise TlkitError(f"the data's classes changed since {run_path} started; resume needs the same classes")
 
@@ -366,8 +490,11 @@ def finetune(
     done = int(state.get("completed_stages", 0))
     timings: list[dict[str, Any]] = []
     epoch = 0
+    passes = int(state.get("train_passes", 0))
     try:
         with _sigterm_as_interrupt():
+            if rec.runtime.deterministic:
+                _replay(train_ds, passes, quiet)
             for i, stage in enumerate(rec.train.stages):
                 if i < done:
                     epoch += stage.epochs
@@ -377,9 +504,10 @@ def finetune(
                     model = build_classifier(fresh, num_classes)
                     model.load_weights(run_path / f"stage{i - 1}.weights.h5")
                 stage_start, first_epoch = time.perf_counter(), epoch
-                epoch = _run_stage(
+                epoch, stage_passes = _run_stage(
                     model, rec, stage, i, run_path, train_ds, plain_train_ds, val_ds, steps, epoch, weights, quiet
                 )
+                passes += stage_passes
                 seconds = time.perf_counter() - stage_start
                 timings.append(
                     {
@@ -389,8 +517,10 @@ def finetune(
                         "train_images_per_second": round(bundle.splits["train"].size * stage.epochs / seconds, 1),
                     }
                 )
-                model.save_weights(run_path / f"stage{i}.weights.h5")
-                runs.write_json(run_path / runs.STATE, {"completed_stages": i + 1, "epoch": epoch})
+                with runs.atomic_path(run_path / f"stage{i}.weights.h5") as tmp:
+                    model.save_weights(tmp)
+                runs.write_json(run_path / runs.STATE, {"completed_stages": i + 1, "epoch": epoch, "train_passes": passes})
+                shutil.rmtree(run_path / runs.BACKUP / f"stage{i}", ignore_errors=True)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: progress up to the last finished epoch is saved in {run_path}.\n"
@@ -403,7 +533,7 @@ def finetune(
     shutil.rmtree(cache, ignore_errors=True)
     best = run_path / runs.BEST
     if best.is_file():
-        model = keras.saving.load_model(best)
+        model = load_run_model(run_path)
     eval_split = "test" if "test" in bundle.splits else "val"
     metrics = evaluate_keras_model(
         model, make_pipeline(bundle.splits[eval_split], size, num_classes, batch), bundle.class_names
@@ -422,6 +552,21 @@ def finetune(
     )
 
 
+def _finish_export(run_path: Path, rec: Recipe, export: bool | None, quiet: bool, started: float) -> RunResult:
+    """`--resume` of a run that was stopped after its metrics: only the export is left to do."""
+    from tlkit.exporting import export_of_run, export_run
+
+    wanted = export if export is not None else rec.export.enabled
+    done = export_of_run(run_path, rec)
+    if not wanted or done is not None:
+        raise TlkitError(f"run {run_path} already finished (it has {runs.METRICS}); nothing to resume")
+    export_dir = export_run(run_path, quiet=quiet)
+    metrics = runs.read_json(run_path / runs.METRICS)
+    return RunResult(
+        run_path, metrics, runs.read_labels(run_path), read_history(run_path), export_dir, time.perf_counter() - started
+    )
+
+
 def _run_stage(
     model: keras.Model,
     rec: Recipe,
@@ -435,7 +580,8 @@ def _run_stage(
     epoch: int,
     weights: dict[int, float] | None,
     quiet: bool,
-) -> int:
+) -> tuple[int, int]:
+    """Train one stage; (the next epoch number, passes made over `train_ds`)."""
     apply_stage(model, stage, resolve_batchnorm(rec, stage))
     if not quiet:
         print(f"stage {index + 1}/{len(rec.train.stages)}: {stage.name}", flush=True)
@@ -455,13 +601,17 @@ def _run_stage(
         jit_compile=rec.train.jit_compile,
     )
     monitor = rec.train.monitor
+    resume_dir = run_path / runs.BACKUP / f"stage{index}"
+    start = _restore_resume_point(trained, resume_dir) or epoch
+    if rec.runtime.deterministic:
+        _replay(train_ds, start - epoch, quiet)
     callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.BackupAndRestore(str(run_path / runs.BACKUP / f"stage{index}")),
+        _StopOnNonFinite(stage.name, steps, run_path),
+        _ResumePoint(resume_dir),
         *schedule_callbacks,
         _LogEpoch(setup),
-        keras.callbacks.TerminateOnNaN(),
         _BestCheckpoint(model, run_path / runs.BEST, monitor, _best_so_far(run_path / runs.HISTORY, monitor)),
-        keras.callbacks.CSVLogger(str(run_path / runs.HISTORY), append=True),
+        _HistoryCSV(run_path / runs.HISTORY),
     ]
     if not quiet:
         callbacks.append(_EpochEstimate(steps))
@@ -470,17 +620,20 @@ def _run_stage(
         callbacks.append(keras.callbacks.EarlyStopping(monitor=es.monitor, patience=es.patience, restore_best_weights=False))
     if rec.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_path / "tensorboard")))
-    trained.fit(
+    history = trained.fit(
         train_ds,
         validation_data=val_ds,
-        initial_epoch=epoch,
+        initial_epoch=start,
         epochs=epoch + stage.epochs,
         class_weight=weights,
         shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
         callbacks=callbacks,
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
     )
-    return epoch + stage.epochs
+    # passes over the shared training stream: the augmented feature views, or one per epoch trained
+    ran = (history.epoch[-1] + 1 if history.epoch else start) - epoch
+    passes = rec.train.feature_views - 1 if trained is not model else ran
+    return epoch + stage.epochs, passes
 
 
 def _feature_head(model: keras.Model, train_ds, plain_train_ds, val_ds, rec: Recipe, quiet: bool):
