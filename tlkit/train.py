@@ -453,8 +453,9 @@ def finetune(
         state = {}
 
     check_model(rec)
-    seed_and_determinism(rec.seed, rec.runtime.deterministic)
     bundle = load_data(rec.data, rec.seed, progress=not quiet)
+    # after the data: generating a built-in dataset must not shift the random state the model starts from
+    seed_and_determinism(rec.seed, rec.runtime.deterministic)
     if "val" not in bundle.splits:
         raise TlkitError(
             "no validation images: set data.val_fraction above 0 or give the source a validation split "
@@ -607,11 +608,11 @@ def _run_stage(
         _replay(train_ds, start - epoch, quiet)
     callbacks: list[keras.callbacks.Callback] = [
         _StopOnNonFinite(stage.name, steps, run_path),
-        _ResumePoint(resume_dir),
         *schedule_callbacks,
         _LogEpoch(setup),
         _BestCheckpoint(model, run_path / runs.BEST, monitor, _best_so_far(run_path / runs.HISTORY, monitor)),
         _HistoryCSV(run_path / runs.HISTORY),
+        _ResumePoint(resume_dir),  # last: an epoch counts as done only once everything of it is written
     ]
     if not quiet:
         callbacks.append(_EpochEstimate(steps))
