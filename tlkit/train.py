@@ -226,19 +226,24 @@ def _restore_resume_point(model: keras.Model, folder: Path) -> int | None:
     return int(point["epoch"])
 
 
-def _replay(dataset, passes: int, quiet: bool) -> None:
-    """Iterate the training stream `passes` times without training.
+def _replay(dataset, passes: int, iterators: int, quiet: bool) -> None:
+    """Bring the training stream's random state to where the interrupted process had it, without training.
 
-    Its shuffle order and augmentation draw from random state that lives in the
-    stream itself; replaying brings that state to where the interrupted process
-    had it, so a deterministic resumed run sees the very same batches.
+    The stream's state is two counters: the reshuffle seed advances once per
+    iterator created, the augmentation seeds once per batch drawn. Keras fit()
+    creates two iterators per epoch (it opens the next one as soon as an epoch
+    ends) and draws one full pass, so replaying an epoch of fit() is a full pass
+    plus one extra iterator. `tests/test_interruptions.py` checks the result
+    bit for bit against an uninterrupted run.
     """
-    if passes <= 0:
+    if passes <= 0 and iterators <= 0:
         return
     _say(quiet, f"  replaying {passes} pass(es) of the input stream (runtime.deterministic: same batches as before)")
     for _ in range(passes):
         for _ in dataset:
             pass
+    for _ in range(iterators):
+        iter(dataset)
 
 
 class _StopOnNonFinite(keras.callbacks.Callback):
@@ -491,11 +496,11 @@ def finetune(
     done = int(state.get("completed_stages", 0))
     timings: list[dict[str, Any]] = []
     epoch = 0
-    passes = int(state.get("train_passes", 0))
+    passes, iterators = int(state.get("train_passes", 0)), int(state.get("train_extra_iterators", 0))
     try:
         with _sigterm_as_interrupt():
             if rec.runtime.deterministic:
-                _replay(train_ds, passes, quiet)
+                _replay(train_ds, passes, iterators, quiet)
             for i, stage in enumerate(rec.train.stages):
                 if i < done:
                     epoch += stage.epochs
@@ -505,10 +510,10 @@ def finetune(
                     model = build_classifier(fresh, num_classes)
                     model.load_weights(run_path / f"stage{i - 1}.weights.h5")
                 stage_start, first_epoch = time.perf_counter(), epoch
-                epoch, stage_passes = _run_stage(
+                epoch, (stage_passes, stage_iterators) = _run_stage(
                     model, rec, stage, i, run_path, train_ds, plain_train_ds, val_ds, steps, epoch, weights, quiet
                 )
-                passes += stage_passes
+                passes, iterators = passes + stage_passes, iterators + stage_iterators
                 seconds = time.perf_counter() - stage_start
                 timings.append(
                     {
@@ -520,7 +525,10 @@ def finetune(
                 )
                 with runs.atomic_path(run_path / f"stage{i}.weights.h5") as tmp:
                     model.save_weights(tmp)
-                runs.write_json(run_path / runs.STATE, {"completed_stages": i + 1, "epoch": epoch, "train_passes": passes})
+                runs.write_json(
+                    run_path / runs.STATE,
+                    {"completed_stages": i + 1, "epoch": epoch, "train_passes": passes, "train_extra_iterators": iterators},
+                )
                 shutil.rmtree(run_path / runs.BACKUP / f"stage{i}", ignore_errors=True)
     except KeyboardInterrupt:
         print(
@@ -581,8 +589,8 @@ def _run_stage(
     epoch: int,
     weights: dict[int, float] | None,
     quiet: bool,
-) -> tuple[int, int]:
-    """Train one stage; (the next epoch number, passes made over `train_ds`)."""
+) -> tuple[int, tuple[int, int]]:
+    """Train one stage; (the next epoch number, (full passes, extra iterators) it made over `train_ds`)."""
     apply_stage(model, stage, resolve_batchnorm(rec, stage))
     if not quiet:
         print(f"stage {index + 1}/{len(rec.train.stages)}: {stage.name}", flush=True)
@@ -605,7 +613,7 @@ def _run_stage(
     resume_dir = run_path / runs.BACKUP / f"stage{index}"
     start = _restore_resume_point(trained, resume_dir) or epoch
     if rec.runtime.deterministic:
-        _replay(train_ds, start - epoch, quiet)
+        _replay(train_ds, start - epoch, start - epoch, quiet)
     callbacks: list[keras.callbacks.Callback] = [
         _StopOnNonFinite(stage.name, steps, run_path),
         *schedule_callbacks,
@@ -631,10 +639,10 @@ def _run_stage(
         callbacks=callbacks,
         verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
     )
-    # passes over the shared training stream: the augmented feature views, or one per epoch trained
+    # what the stage did to the shared training stream (see _replay): the augmented feature views, or fit() epochs
     ran = (history.epoch[-1] + 1 if history.epoch else start) - epoch
-    passes = rec.train.feature_views - 1 if trained is not model else ran
-    return epoch + stage.epochs, passes
+    used = (rec.train.feature_views - 1, 0) if trained is not model else (ran, ran)
+    return epoch + stage.epochs, used
 
 
 def _feature_head(model: keras.Model, train_ds, plain_train_ds, val_ds, rec: Recipe, quiet: bool):
