@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,9 +121,8 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
 
 def test_resume_after_interruption(tmp_path, tfds_dir, monkeypatch):
     """Interrupt in the middle of stage 2; --resume finishes the run without redoing epochs."""
-    import keras
-
     import tlkit
+    from tlkit.train import _HistoryCSV
 
     recipe = tiny_recipe(tfds_dir, tmp_path)
     recipe["train"]["stages"] = [
@@ -132,20 +130,20 @@ def test_resume_after_interruption(tmp_path, tfds_dir, monkeypatch):
         {"name": "b", "epochs": 2, "learning_rate": 0.001, "optimizer": "sgd"},
     ]
     recipe["export"]["enabled"] = False
-    original = keras.callbacks.CSVLogger.on_epoch_end
+    original = _HistoryCSV.on_epoch_end
 
     def interrupt_at_epoch_2(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", interrupt_at_epoch_2)
+    monkeypatch.setattr(_HistoryCSV, "on_epoch_end", interrupt_at_epoch_2)
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         tlkit.finetune(recipe, run_dir=run_dir, quiet=True)
     assert not (run_dir / "metrics.json").exists()
     assert json.loads((run_dir / "state.json").read_text())["completed_stages"] == 1
-    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", original)
+    monkeypatch.setattr(_HistoryCSV, "on_epoch_end", original)
 
     result = tlkit.finetune(resume=run_dir, quiet=True)
     assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]

@@ -12,6 +12,8 @@ import click
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+UNSAFE_HELP = "Load a run's .keras file even if it carries Python code (Lambda layers): only for files you trust."
+
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """User errors print one line and exit 2; Ctrl-C exits 130 without a traceback."""
@@ -27,6 +29,13 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
         except KeyboardInterrupt:
             sys.exit(130)
+        except OSError as exc:  # a full disk anywhere (h5py, TF file layer): one line, not a traceback
+            from tlkit.runs import is_disk_full
+
+            if not is_disk_full(exc):
+                raise
+            click.echo(f"error: no space left on the device ({exc.filename or exc}): free some space and run again", err=True)
+            sys.exit(2)
 
     return wrapper
 
@@ -84,12 +93,13 @@ def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, res
 @click.option("--data", help="Data source to evaluate on (default: the run's own).")
 @click.option("--split", help="train, val or test (default: test if there is one, else val).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)
 @_handle_errors
-def evaluate(target: str, data: str | None, split: str | None, as_json: bool) -> None:
+def evaluate(target: str, data: str | None, split: str | None, as_json: bool, unsafe: bool) -> None:
     """Metrics of a run directory or an export (TARGET) on a split."""
     from tlkit.evaluation import evaluate as run
 
-    metrics = run(target, data=data, split=split)
+    metrics = run(target, data=data, split=split, unsafe=unsafe)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
@@ -113,12 +123,13 @@ def evaluate(target: str, data: str | None, split: str | None, as_json: bool) ->
 @click.argument("run_dir", type=click.Path())
 @click.option("--out", type=click.Path(), help="Model folder (default saved_models/NAME); the version goes under it.")
 @click.option("--version", "version", type=int, help="Version number (default: next free).")
+@click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)
 @_handle_errors
-def export(run_dir: str, out: str | None, version: int | None) -> None:
+def export(run_dir: str, out: str | None, version: int | None, unsafe: bool) -> None:
     """Export RUN_DIR as a SavedModel: OUT/VERSION with labels.txt and metadata.json."""
     from tlkit.exporting import export_run
 
-    export_run(run_dir, out=out, version=version)
+    export_run(run_dir, out=out, version=version, unsafe=unsafe)
 
 
 @cli.command()
@@ -160,15 +171,16 @@ def predict(export_path: str, images: tuple[str, ...], top_k: int, as_json: bool
 @click.option("--input-size", type=int, help="For a backbone name: square input side.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Backbone constructor option, e.g. alpha=0.25.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)
 @_handle_errors
-def extract(source: str, data: str, split: str | None, layer: str | None, pool: str, out: str, weights: str | None, input_size: int | None, options: tuple[str, ...], batch_size: int) -> None:
+def extract(source: str, data: str, split: str | None, layer: str | None, pool: str, out: str, weights: str | None, input_size: int | None, options: tuple[str, ...], batch_size: int, unsafe: bool) -> None:
     """Write features of DATA's images to a .npz: SOURCE is a run directory, an export or a backbone name."""
     from tlkit.extraction import extract as run
     from tlkit.recipe import parse_override
 
     result = run(
         source, data, split=split, layer=layer, pool=pool, out=out, weights=weights,
-        input_size=input_size, options=dict(parse_override(o) for o in options), batch_size=batch_size,
+        input_size=input_size, options=dict(parse_override(o) for o in options), batch_size=batch_size, unsafe=unsafe,
     )
     n, d = result["features"].shape
     click.echo(f"wrote {n} x {d} features to {out}")

@@ -62,8 +62,12 @@ def evaluate(
     split: str | None = None,
     batch_size: int = 32,
     quiet: bool = True,
+    unsafe: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of a run directory or an export on a split of `data` (default: the run's own data)."""
+    """Metrics of a run directory or an export on a split of `data` (default: the run's own data).
+
+    `unsafe=True` lets a run's .keras file run Python code it carries (Lambda layers).
+    """
     from tlkit import runs
     from tlkit.data.sources import load_data
     from tlkit.exporting import find_export, load_export_recipe
@@ -86,7 +90,7 @@ def evaluate(
         run_dir = runs.require_run_dir(target)
         recipe = load_recipe(run_dir / runs.RECIPE)
         labels = runs.read_labels(run_dir)
-        model = load_run_model(run_dir)
+        model = load_run_model(run_dir, unsafe=unsafe)
         fn = tf.function(lambda x: tf.nn.softmax(model(x, training=False), axis=-1), reduce_retracing=True)
     if data is not None:
         recipe = load_recipe(recipe, {"data.source": data})

@@ -50,6 +50,39 @@ def find_export(path: str | Path, required: bool = True) -> Path | None:
     return None
 
 
+def export_folder(recipe: Recipe) -> Path:
+    """Where a recipe's exports go by default: export.dir/NAME."""
+    return Path(recipe.export.dir) / (recipe.export.name or recipe.name)
+
+
+def export_of_run(run_dir: str | Path, recipe: Recipe) -> Path | None:
+    """The version folder already exported from `run_dir` (by its metadata), if any."""
+    out = export_folder(recipe)
+    target = str(Path(run_dir).resolve())
+    for version in reversed(_versions(out)):
+        meta = out / str(version) / METADATA
+        try:
+            if runs.read_json(meta).get("run_dir") == target:
+                return out / str(version)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """`.tmp-VERSION-PID` folders of exports that were killed (their process is gone)."""
+    for tmp in out.glob(".tmp-*-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            continue
+
+
 def load_export_recipe(export_dir: Path) -> Recipe:
     meta = runs.read_json(Path(export_dir) / METADATA)
     return load_recipe(meta["recipe"])
@@ -109,12 +142,16 @@ def export_run(
     out: str | Path | None = None,
     version: int | None = None,
     quiet: bool = False,
+    unsafe: bool = False,
 ) -> Path:
-    """Write OUT/VERSION atomically: a failed export leaves no partial version folder."""
+    """Write OUT/VERSION atomically: a failed or killed export leaves no partial version folder.
+
+    `unsafe=True` lets the run's .keras file run Python code it carries (Lambda layers).
+    """
     run_dir = runs.require_run_dir(run_dir)
     recipe = load_recipe(run_dir / runs.RECIPE)
     labels = runs.read_labels(run_dir)
-    out = Path(out) if out is not None else Path(recipe.export.dir) / (recipe.export.name or recipe.name)
+    out = Path(out) if out is not None else export_folder(recipe)
     existing = _versions(out)
     version = version if version is not None else (existing[-1] + 1 if existing else 1)
     if version < 0:
@@ -122,10 +159,11 @@ def export_run(
     final = out / str(version)
     if final.exists():
         raise TlkitError(f"{final} already exists: choose another --version (existing: {existing})")
-    model = load_run_model(run_dir)
+    model = load_run_model(run_dir, unsafe=unsafe)
     size = input_size(recipe)
     metrics = runs.read_json(run_dir / runs.METRICS) if (run_dir / runs.METRICS).is_file() else {}
     out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
     tmp = out / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -133,8 +171,10 @@ def export_run(
         runs.write_labels(tmp, labels)
         runs.write_json(tmp / METADATA, _metadata(recipe, labels, size, metrics, run_dir))
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if runs.is_disk_full(exc):
+            raise runs.disk_full_error(final) from None
         raise
     if not quiet:
         print(f"exported SavedModel to {final}", flush=True)

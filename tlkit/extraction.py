@@ -52,7 +52,9 @@ def feature_model(model: keras.Model, layer: str | None = None, pool: str = "avg
     return keras.Model(model.inputs, x, name="features")
 
 
-def _source_model(source: str | Path, weights: str | None, input_size: int | None, options: dict[str, Any] | None):
+def _source_model(
+    source: str | Path, weights: str | None, input_size: int | None, options: dict[str, Any] | None, unsafe: bool = False
+):
     """(classifier-shaped keras model, recipe) for a run directory or a backbone name."""
     from tlkit.models.classifier import build_classifier, check_model, load_run_model
     from tlkit.recipe import load_recipe
@@ -60,7 +62,7 @@ def _source_model(source: str | Path, weights: str | None, input_size: int | Non
     path = Path(source)
     if path.is_dir():
         run_dir = runs.require_run_dir(path)
-        return load_run_model(run_dir), load_recipe(run_dir / runs.RECIPE)
+        return load_run_model(run_dir, unsafe=unsafe), load_recipe(run_dir / runs.RECIPE)
     model_section: dict[str, Any] = {"backbone": str(source), "options": options or {}}
     if weights is not None:
         model_section["weights"] = weights
@@ -84,6 +86,7 @@ def extract(
     options: dict[str, Any] | None = None,
     batch_size: int = 64,
     progress: bool = True,
+    unsafe: bool = False,
 ) -> dict[str, np.ndarray]:
     """`{"features": N x D float32, "paths", "labels", "label_names", "splits"}`, also written to `out` (.npz).
 
@@ -107,7 +110,7 @@ def extract(
             return embed(images=tf.cast(images, tf.uint8))["embeddings"].numpy()
 
     else:
-        model, recipe = _source_model(source, weights, input_size, options)
+        model, recipe = _source_model(source, weights, input_size, options, unsafe)
         features = feature_model(model, layer, pool)
         call = tf.function(lambda x: features(x, training=False), reduce_retracing=True)
 

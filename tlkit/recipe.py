@@ -494,8 +494,15 @@ def load_recipe(
 
 
 def _resolve_relative_source(data: dict[str, Any], base: Path) -> None:
-    """Relative paths in a recipe (data folder, weights file) are relative to the recipe file."""
-    for section, key, keywords in (("data", "source", ()), ("model", "weights", ("imagenet", "none"))):
+    """Relative input paths in a recipe (data folder, TFDS dir, weights file) are relative to the recipe file.
+
+    Output folders (export.dir) stay relative to where tlkit runs, like `runs/`.
+    """
+    for section, key, keywords in (
+        ("data", "source", ()),
+        ("data", "tfds_data_dir", ()),
+        ("model", "weights", ("imagenet", "none")),
+    ):
         value = (data.get(section) or {}).get(key)
         if not isinstance(value, str) or value in keywords or Path(value).is_absolute():
             continue

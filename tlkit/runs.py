@@ -6,11 +6,14 @@ a run can be repeated or continued from its own folder.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -29,18 +32,60 @@ STATE = "state.json"
 BACKUP = "backup"
 
 
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC (or a quota) from Python, h5py or TensorFlow's file layer, which each say it differently."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def disk_full_error(path: str | os.PathLike[str]) -> TlkitError:
+    return TlkitError(
+        f"no space left on the device while writing {os.fspath(path)}: free some space or choose another folder, "
+        "then run again (files written before are unchanged)"
+    )
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A temporary name beside `path` (same suffixes, which Keras checks) that becomes `path` on success.
+
+    A failure or a kill while writing leaves the previous `path` as it was; a
+    full disk becomes one clear TlkitError.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".weights.h5") else path.suffix
+    tmp = path.with_name(f".{path.name[: len(path.name) - len(suffix)]}.tmp-{os.getpid()}{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if tmp.exists():
+            tmp.unlink()
+        if is_disk_full(exc):
+            raise disk_full_error(path) from None
+        raise
+
+
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write to a temporary file beside `path`, then rename: readers never see half a file.
+
+    Surrogate-escaped characters (file names that are not UTF-8) are written back as their bytes.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
             f.write(text)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if is_disk_full(exc):
+            raise disk_full_error(path) from None
         raise
 
 

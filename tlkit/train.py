@@ -9,8 +9,8 @@ interrupted run resumes from its folder alone.
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import shutil
 import signal
 import sys
@@ -26,8 +26,9 @@ import numpy as np
 from tlkit import distribute, runs
 from tlkit.data.sources import DataBundle, load_data
 from tlkit.errors import TlkitError
-from tlkit.models.classifier import apply_stage, input_size, resolve_batchnorm
+from tlkit.models.classifier import apply_stage, input_size, load_run_model, resolve_batchnorm
 from tlkit.recipe import Recipe, Stage, load_recipe, parse_override, shortcut_overrides
+from tlkit.runtime import seed_and_determinism
 from tlkit.tasks import get_task
 
 
@@ -166,9 +167,130 @@ class _BestCheckpoint(keras.callbacks.Callback):
         if self.best is not None and (value >= self.best if self.lower_is_better else value <= self.best):
             return
         self.best = value
-        tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
-        self.target.save(tmp)
-        os.replace(tmp, self.path)
+        with runs.atomic_path(self.path) as tmp:
+            self.target.save(tmp)
+
+
+RESUME_POINT = "resume.json"
+
+
+def _seed_variables(model: keras.Model) -> list[Any]:
+    """The layers' random-seed state (dropout masks): in `variables` but not in `weights`, so not in weight files."""
+    weight_ids = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weight_ids]
+
+
+class _ResumePoint(keras.callbacks.Callback):
+    """After every epoch: weights, optimizer state, seed state and the next epoch, crash-safe.
+
+    Used instead of keras BackupAndRestore, which overwrites its weights file in
+    place (a kill mid-write corrupts it, and weights and epoch can disagree) and
+    drops the seed state. Each epoch gets its own file under a temporary name;
+    only then does `resume.json` (renamed into place) point at it.
+    """
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        self.folder = Path(folder)
+
+    def on_epoch_end(self, epoch, logs=None):
+        name = f"epoch{epoch + 1}.weights.h5"
+        with runs.atomic_path(self.folder / name) as tmp:
+            self.model.save_weights(tmp)
+        seeds = [keras.ops.convert_to_numpy(v).tolist() for v in _seed_variables(self.model)]
+        runs.write_json(self.folder / RESUME_POINT, {"epoch": epoch + 1, "weights": name, "seeds": seeds})
+        for old in self.folder.glob("epoch*.weights.h5"):
+            if old.name != name:
+                old.unlink(missing_ok=True)
+
+
+def _restore_resume_point(model: keras.Model, folder: Path) -> int | None:
+    """Load a stage's last resume point into the compiled `model`; the epoch to continue from, or None."""
+    path = Path(folder) / RESUME_POINT
+    if not path.is_file():
+        return None
+    point = runs.read_json(path)
+    model.optimizer.build(model.trainable_variables)  # so the optimizer state in the file has a place to go
+    model.load_weights(Path(folder) / point["weights"])
+    seeds = _seed_variables(model)
+    if len(seeds) == len(point.get("seeds", [])):
+        for variable, value in zip(seeds, point["seeds"]):
+            variable.assign(value)
+    return int(point["epoch"])
+
+
+def _replay(dataset, passes: int, iterators: int, quiet: bool) -> None:
+    """Bring the training stream's random state to where the interrupted process had it, without training.
+
+    The stream's state is two counters: the reshuffle seed advances once per
+    iterator created, the augmentation seeds once per batch drawn. Keras fit()
+    creates two iterators per epoch (it opens the next one as soon as an epoch
+    ends) and draws one full pass, so replaying an epoch of fit() is a full pass
+    plus one extra iterator. `tests/test_interruptions.py` checks the result
+    bit for bit against an uninterrupted run.
+    """
+    if passes <= 0 and iterators <= 0:
+        return
+    _say(quiet, f"  replaying {passes} pass(es) of the input stream (runtime.deterministic: same batches as before)")
+    for _ in range(passes):
+        for _ in dataset:
+            pass
+    for _ in range(iterators):
+        iter(dataset)
+
+
+class _StopOnNonFinite(keras.callbacks.Callback):
+    """Stop at the first NaN/Inf training loss, naming epoch and step; nothing of that epoch is saved.
+
+    Raising (rather than keras TerminateOnNaN's stop_training) ends fit() before
+    any epoch-end callback, so best.keras and the resume point stay at the last
+    good epoch.
+    """
+
+    def __init__(self, stage: str, steps: int, run_path: Path):
+        super().__init__()
+        self.stage, self.steps, self.run_path, self.epoch = stage, steps, run_path, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        value = float(keras.ops.convert_to_numpy(loss))
+        if not math.isfinite(value):
+            raise TlkitError(
+                f"the training loss became {value} at epoch {self.epoch + 1}, step {batch + 1} of {self.steps} "
+                f"(stage '{self.stage}'), so training stopped; {self.run_path} keeps the last good epoch "
+                f"({runs.BEST} and the resume point). Start a new run with a lower learning_rate or a clipnorm, "
+                "or check the data"
+            )
+
+
+class _HistoryCSV(keras.callbacks.Callback):
+    """history.csv, one row per epoch, rewritten whole and renamed (keras CSVLogger appends in place)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self.path = Path(path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        rows: list[dict[str, Any]] = []
+        if self.path.is_file():
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        row: dict[str, Any] = {"epoch": epoch}
+        for key, value in (logs or {}).items():
+            array = np.asarray(keras.ops.convert_to_numpy(value))
+            row[key] = float(array) if array.ndim == 0 else value
+        rows.append(row)
+        keys = ["epoch"] + sorted({k for r in rows for k in r if k != "epoch"})
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        runs.atomic_write_text(self.path, out.getvalue())
 
 
 def make_optimizer(stage: Stage, steps_per_epoch: int) -> tuple[keras.optimizers.Optimizer, list[keras.callbacks.Callback]]:
@@ -314,9 +436,9 @@ def finetune(
         if recipe is not None or overrides or any(v is not None for v in flags.values()):
             raise TlkitError("--resume continues a run exactly as it was recorded: give no recipe or overrides with it")
         run_path = runs.require_run_dir(resume)
-        if (run_path / runs.METRICS).exists():
-            raise TlkitError(f"run {run_path} already finished (it has {runs.METRICS}); nothing to resume")
         rec = load_recipe(run_path / runs.RECIPE)
+        if (run_path / runs.METRICS).exists():
+            return _finish_export(run_path, rec, export, quiet, started)
         state = runs.read_json(run_path / runs.STATE) if (run_path / runs.STATE).is_file() else {}
     else:
         merged = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(overrides or {})
@@ -344,7 +466,7 @@ def _train(
     """finetune() once the recipe is resolved and the strategy and precision are in place."""
     task = get_task(rec)
     task.check(rec)
-    keras.utils.set_random_seed(rec.seed)
+    seed_and_determinism(rec.seed, rec.runtime.deterministic)
     bundle = load_data(rec.data, rec.seed, progress=not quiet, task=rec.task)
     if "val" not in bundle.splits:
         raise TlkitError(
@@ -354,10 +476,10 @@ def _train(
     chief_dir = run_path if run_path is not None or place.chief or run_dir is None else Path(run_dir)
     if run_path is None and place.chief:
         run_path = runs.new_run_dir(rec.name, run_dir)
-        runs.atomic_write_text(run_path / runs.RECIPE, rec.to_yaml())
         runs.write_labels(run_path, bundle.class_names)
         runs.write_json(run_path / runs.VERSIONS, runs.package_versions())
         runs.atomic_write_text(run_path / runs.SKIPPED, "".join(f"{p}\t{why}\n" for p, why in bundle.skipped))
+        runs.atomic_write_text(run_path / runs.RECIPE, rec.to_yaml())  # last: a run dir with a recipe is complete
     elif run_path is not None and runs.read_labels(run_path) != bundle.class_names:
         raise TlkitError(f"the data's classes changed since {run_path} started; resume needs the same classes")
     if not place.chief:  # other workers train alongside, silently, writing to a scratch copy
@@ -366,7 +488,6 @@ def _train(
     rec = place.effective(rec)  # per-replica batch -> global batch (and the learning-rate rule, if asked)
 
     num_classes = len(bundle.class_names)
-    size = input_size(rec)
     batch = rec.train.batch_size
     cache = run_path / "cache"
     shutil.rmtree(cache, ignore_errors=True)  # a killed run leaves partial cache files and locks
@@ -385,8 +506,11 @@ def _train(
     done = int(state.get("completed_stages", 0))
     timings: list[dict[str, Any]] = []
     epoch = 0
+    passes, iterators = int(state.get("train_passes", 0)), int(state.get("train_extra_iterators", 0))
     try:
         with _sigterm_as_interrupt():
+            if rec.runtime.deterministic:
+                _replay(train_ds, passes, iterators, quiet)
             for i, stage in enumerate(rec.train.stages):
                 if i < done:
                     epoch += stage.epochs
@@ -397,9 +521,10 @@ def _train(
                         model = task.build_model(fresh, num_classes)
                     model.load_weights(run_path / f"stage{i - 1}.weights.h5")
                 stage_start, first_epoch = time.perf_counter(), epoch
-                epoch = _run_stage(
+                epoch, (stage_passes, stage_iterators) = _run_stage(
                     model, rec, stage, i, run_path, train_ds, plain_train_ds, val_ds, steps, epoch, objective, quiet, place
                 )
+                passes, iterators = passes + stage_passes, iterators + stage_iterators
                 seconds = time.perf_counter() - stage_start
                 timings.append(
                     {
@@ -409,8 +534,13 @@ def _train(
                         "train_images_per_second": round(bundle.splits["train"].size * stage.epochs / seconds, 1),
                     }
                 )
-                model.save_weights(run_path / f"stage{i}.weights.h5")
-                runs.write_json(run_path / runs.STATE, {"completed_stages": i + 1, "epoch": epoch})
+                with runs.atomic_path(run_path / f"stage{i}.weights.h5") as tmp:
+                    model.save_weights(tmp)
+                runs.write_json(
+                    run_path / runs.STATE,
+                    {"completed_stages": i + 1, "epoch": epoch, "train_passes": passes, "train_extra_iterators": iterators},
+                )
+                shutil.rmtree(run_path / runs.BACKUP / f"stage{i}", ignore_errors=True)
     except KeyboardInterrupt:
         print(
             f"\ninterrupted: progress up to the last finished epoch is saved in {run_path}.\n"
@@ -429,7 +559,7 @@ def _train(
     if best.is_file() and rec.runtime.precision != "float32":
         distribute.save_float32(best, lambda: task.build_model(fresh, num_classes))
     if best.is_file():
-        model = keras.saving.load_model(best, compile=False)
+        model = load_run_model(run_path)
     eval_split = "test" if "test" in bundle.splits else "val"
     import tensorflow as tf
 
@@ -456,6 +586,21 @@ def _train(
     )
 
 
+def _finish_export(run_path: Path, rec: Recipe, export: bool | None, quiet: bool, started: float) -> RunResult:
+    """`--resume` of a run that was stopped after its metrics: only the export is left to do."""
+    from tlkit.exporting import export_of_run, export_run
+
+    wanted = export if export is not None else rec.export.enabled
+    done = export_of_run(run_path, rec)
+    if not wanted or done is not None:
+        raise TlkitError(f"run {run_path} already finished (it has {runs.METRICS}); nothing to resume")
+    export_dir = export_run(run_path, quiet=quiet)
+    metrics = runs.read_json(run_path / runs.METRICS)
+    return RunResult(
+        run_path, metrics, runs.read_labels(run_path), read_history(run_path), export_dir, time.perf_counter() - started
+    )
+
+
 def _run_stage(
     model: keras.Model,
     rec: Recipe,
@@ -470,13 +615,15 @@ def _run_stage(
     objective: Any,
     quiet: bool,
     place: distribute.Placement | None = None,
-) -> int:
+) -> tuple[int, tuple[int, int]]:
+    """Train one stage; (the next epoch number, (full passes, extra iterators) it made over `train_ds`)."""
     apply_stage(model, stage, resolve_batchnorm(rec, stage))
     if not quiet:
         print(f"stage {index + 1}/{len(rec.train.stages)}: {stage.name}", flush=True)
     place = place or distribute.Placement(None, "default", rec.runtime.precision)
     trained, setup = model, 0.0
-    if stage.unfreeze == "none" and rec.train.cache_features and get_task(rec).cache_features and place.caches_features:
+    on_features = stage.unfreeze == "none" and rec.train.cache_features and get_task(rec).cache_features and place.caches_features
+    if on_features:
         setup = time.perf_counter()
         trained, train_ds, val_ds = _feature_head(model, train_ds, plain_train_ds, val_ds, rec, quiet)
         setup = time.perf_counter() - setup
@@ -486,14 +633,18 @@ def _run_stage(
         optimizer, schedule_callbacks = make_optimizer(stage, steps)
         loss, metrics, weights = objective()
         trained.compile(optimizer=optimizer, loss=loss, metrics=metrics, jit_compile=rec.train.jit_compile)
-    monitor = rec.monitor
+        monitor = rec.monitor
+        resume_dir = run_path / runs.BACKUP / f"stage{index}"
+        start = _restore_resume_point(trained, resume_dir) or epoch
+    if rec.runtime.deterministic:
+        _replay(train_ds, start - epoch, start - epoch, quiet)
     callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.BackupAndRestore(str(run_path / runs.BACKUP / f"stage{index}")),
+        _StopOnNonFinite(stage.name, steps, run_path),
         *schedule_callbacks,
         _LogEpoch(setup),
-        keras.callbacks.TerminateOnNaN(),
         _BestCheckpoint(model, run_path / runs.BEST, monitor, _best_so_far(run_path / runs.HISTORY, monitor)),
-        keras.callbacks.CSVLogger(str(run_path / runs.HISTORY), append=True),
+        _HistoryCSV(run_path / runs.HISTORY),
+        _ResumePoint(resume_dir),  # last: an epoch counts as done only once everything of it is written
     ]
     if not quiet:
         callbacks.append(_EpochEstimate(steps))
@@ -503,17 +654,20 @@ def _run_stage(
     if rec.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(run_path / "tensorboard")))
     with place.scope():
-        trained.fit(
+        history = trained.fit(
             place.shard(train_ds),
             validation_data=place.shard(val_ds),
-            initial_epoch=epoch,
+            initial_epoch=start,
             epochs=epoch + stage.epochs,
             class_weight=weights,
             shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
             callbacks=callbacks,
             verbose=0 if quiet else (1 if sys.stdout.isatty() else 2),
         )
-    return epoch + stage.epochs
+    # what the stage did to the shared training stream (see _replay): the augmented feature views, or fit() epochs
+    ran = (history.epoch[-1] + 1 if history.epoch else start) - epoch
+    used = (rec.train.feature_views - 1, 0) if on_features else (ran, ran)
+    return epoch + stage.epochs, used
 
 
 def _feature_head(model: keras.Model, train_ds, plain_train_ds, val_ds, rec: Recipe, quiet: bool):

@@ -31,6 +31,17 @@ What :func:`decode_image` does per format (verified on TensorFlow 2.21, see
   ``channels=3/4`` and corrupts the heap with ``channels=0``, so tlkit never asks
   TF for ``channels=0`` on WebP and reports those files as bad.
 * TIFF, HEIC/AVIF, PSD, ICO, SVG, PDF, ...: not supported (bad files).
+
+Memory stays bounded whatever a file claims (:data:`MAX_DECODE_PIXELS`): a JPEG
+larger than the bound is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT
+scaling: cheap, and the model resizes far below that anyway); any other format
+larger than the bound, and a JPEG above 64 times the bound, is refused with
+``image too large`` before a pixel is decoded (the size is read from the header).
+
+EXIF orientation is *not* applied: pixels are used as stored, exactly as the
+exported model's ``serving_bytes`` signature and ``tf.io.decode_image`` see them,
+so training and serving agree. Auto-orient photos beforehand if it matters
+(e.g. ``exiftran -ai *.jpg`` or ``mogrify -auto-orient``).
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ from tlkit.errors import TlkitError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_DECODE_PIXELS",
     "check_image_bytes",
     "decode_image",
     "decode_image_file",
@@ -60,6 +72,11 @@ __all__ = [
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp"}
 )
+
+#: Most pixels one decoded image may hold (40 MP = 120 MB as RGB uint8). Bigger
+#: JPEGs are decoded at a reduced scale; bigger images of other formats are refused.
+MAX_DECODE_PIXELS: int = 40_000_000
+_JPEG_RATIOS = (1, 2, 4, 8)  # the scales libjpeg can decode at
 
 # Show a progress bar only when the scan takes long enough for it to matter.
 _PROGRESS_MIN_FILES = 200
@@ -89,6 +106,50 @@ def _u32(h: tf.Tensor, i: int) -> tf.Tensor:
 
 def _starts(h: tf.Tensor, magic: bytes, at: int = 0) -> tf.Tensor:
     return tf.reduce_all(tf.equal(h[at : at + len(magic)], tf.constant(list(magic), tf.uint8)))
+
+
+def _be32(h: tf.Tensor, i: int) -> tf.Tensor:
+    h = tf.cast(h, tf.int64)
+    return h[i] * 16777216 + h[i + 1] * 65536 + h[i + 2] * 256 + h[i + 3]
+
+
+def _header_dims(h: tf.Tensor) -> tf.Tensor:
+    """[width, height] announced by a PNG/GIF/BMP/WebP header, [0, 0] when unknown (JPEG, other)."""
+    zero = tf.constant(0, tf.int64)
+    bmp_w, bmp_h = _u32(h, 18), _u32(h, 22)
+    bmp_h = tf.where(bmp_h >= 2**31, 2**32 - bmp_h, bmp_h)  # negative height: a top-down BMP
+    vp8l = _u32(h, 21)
+    candidates = [
+        (_starts(h, b"\x89PNG\r\n\x1a\n"), _be32(h, 16), _be32(h, 20)),
+        (_starts(h, b"GIF8"), _u16(h, 6), _u16(h, 8)),
+        (_starts(h, b"BM"), tf.where(bmp_w >= 2**31, zero, bmp_w), bmp_h),
+        (_starts(h, b"VP8X", 12), 1 + _u16(h, 24) + tf.cast(h[26], tf.int64) * 65536,
+         1 + _u16(h, 27) + tf.cast(h[29], tf.int64) * 65536),
+        (_starts(h, b"VP8L", 12), 1 + tf.bitwise.bitwise_and(vp8l, 0x3FFF),
+         1 + tf.bitwise.bitwise_and(tf.bitwise.right_shift(vp8l, 14), 0x3FFF)),
+        (_starts(h, b"VP8 ", 12), tf.bitwise.bitwise_and(_u16(h, 26), 0x3FFF),
+         tf.bitwise.bitwise_and(_u16(h, 28), 0x3FFF)),
+    ]
+    dims = tf.stack([zero, zero])
+    for match, width, height in reversed(candidates):
+        dims = tf.where(match, tf.stack([width, height]), dims)
+    return dims
+
+
+def _decode_jpeg(contents: tf.Tensor) -> tf.Tensor:
+    """A JPEG at the largest of full, 1/2, 1/4, 1/8 scale that fits MAX_DECODE_PIXELS."""
+    shape = tf.cast(tf.image.extract_jpeg_shape(contents), tf.int64)  # header only
+    pixels = shape[0] * shape[1]
+    check = tf.debugging.Assert(
+        pixels <= MAX_DECODE_PIXELS * _JPEG_RATIOS[-1] ** 2, ["image too large", shape[1], shape[0]]
+    )
+
+    def at(ratio: int):
+        return lambda: tf.io.decode_jpeg(contents, channels=3, ratio=ratio)
+
+    with tf.control_dependencies([check]):
+        branches = [(pixels <= MAX_DECODE_PIXELS * r * r, at(r)) for r in _JPEG_RATIOS[:-1]]
+        return tf.identity(tf.case(branches, default=at(_JPEG_RATIOS[-1])))
 
 
 def _decode_generic(contents: tf.Tensor) -> tf.Tensor:
@@ -165,22 +226,30 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
     """
     contents = tf.convert_to_tensor(contents, dtype=tf.string)
     h = _header(contents)
+    is_jpeg = _starts(h, b"\xff\xd8\xff")
     is_png16 = tf.logical_and(_starts(h, b"\x89PNG\r\n\x1a\n"), tf.equal(h[24], 16))
     is_bmp = _starts(h, b"BM")
     is_webp = tf.logical_and(_starts(h, b"RIFF"), _starts(h, b"WEBP", 8))
-    img = tf.cond(
-        is_png16,
-        lambda: _decode_png16(contents),
-        lambda: tf.cond(
-            is_bmp,
-            lambda: _decode_bmp(contents, h),
+    dims = _header_dims(h)
+    fits = tf.debugging.Assert(dims[0] * dims[1] <= MAX_DECODE_PIXELS, ["image too large", dims[0], dims[1]])
+    with tf.control_dependencies([fits]):
+        img = tf.cond(
+            is_jpeg,
+            lambda: _decode_jpeg(contents),
             lambda: tf.cond(
-                is_webp,
-                lambda: _decode_webp(contents, h),
-                lambda: _decode_generic(contents),
+                is_png16,
+                lambda: _decode_png16(contents),
+                lambda: tf.cond(
+                    is_bmp,
+                    lambda: _decode_bmp(contents, h),
+                    lambda: tf.cond(
+                        is_webp,
+                        lambda: _decode_webp(contents, h),
+                        lambda: _decode_generic(contents),
+                    ),
+                ),
             ),
-        ),
-    )
+        )
     return tf.ensure_shape(img, [None, None, 3])
 
 
@@ -282,8 +351,25 @@ def _clean_tf_message(err: BaseException) -> str:
     return msg if len(msg) <= 160 else msg[:157] + "..."
 
 
+def _too_large(err: BaseException, fmt: str | None) -> str | None:
+    """The readable reason for the decode guard's "image too large" assertion, if it fired."""
+    msg = getattr(err, "message", None) or str(err)
+    m = re.search(r"image too large\]\s*\[(\d+)\]\s*\[(\d+)\]", msg)
+    if not m:
+        return None
+    width, height = int(m.group(1)), int(m.group(2))
+    scaled = " (a JPEG is decoded at up to 1/8 scale, and this one is still larger)" if fmt == "JPEG" else ""
+    return (
+        f"image too large: {width}x{height} {fmt or ''} ({width * height / 1e6:.3g} megapixels); tlkit decodes at "
+        f"most {MAX_DECODE_PIXELS / 1e6:.3g} megapixels{scaled}: downscale it"
+    ).replace("  ", " ")
+
+
 def _reason_for_failure(data: bytes, err: BaseException) -> str:
     fmt = _sniff(data)
+    large = _too_large(err, fmt)
+    if large is not None:
+        return large
     if fmt is None:
         other = _sniff_unsupported(data)
         if other is not None:

@@ -175,7 +175,7 @@ def _bundle_from_builder(
     default_mapping: dict[int, str] | None = None,
     mask_fn: Callable[[dict], tf.Tensor] | None = None,
 ) -> DataBundle:
-    tfds = _tfds()
+    _tfds()  # registers the built-in builder
     mapping = None
     if task == "segmentation":
         from tlkit.data.masks import mapping_for
@@ -314,6 +314,7 @@ def folder_source(path: str, data: Data, seed: int, progress: bool = True) -> Da
     else:
         class_names = [p.name for p in _class_dirs(folder)]
         files = {"all": _labelled_files(folder, class_names)}
+    _check_class_names(class_names, path)
     if len(class_names) < 2:
         raise TlkitError(
             f"data folder '{path}' has {len(class_names)} class folder(s): a classifier needs at least 2, "
@@ -339,9 +340,24 @@ def folder_source(path: str, data: Data, seed: int, progress: bool = True) -> Da
             present = {y for _, y in items}
             missing = [class_names[i] for i in range(len(class_names)) if i not in present]
             if missing:
-                raise TlkitError(f"class folder(s) with no usable training image: {', '.join(missing)}")
+                raise TlkitError(
+                    f"class folder(s) with no usable training image: {', '.join(missing)} "
+                    f"(in '{path}'): add images to them or remove the folder(s)"
+                )
     splits = {split: _folder_split(items) for split, items in files.items() if items}
     return DataBundle(class_names, splits, f"folder {folder}", skipped=bad)
+
+
+def _check_class_names(class_names: list[str], path: str) -> None:
+    """Class names go into labels.txt and the export's string tensors: they must be text."""
+    for name in class_names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TlkitError(
+                f"class folder {name.encode('utf-8', 'surrogateescape')!r} in '{path}' has a name that is not "
+                "valid UTF-8: rename it (class names are written to labels.txt and into the export)"
+            ) from None
 
 
 def _labelled_files(folder: Path, class_names: list[str]) -> list[tuple[str, int]]:
@@ -378,6 +394,8 @@ def _folder_split(items: list[tuple[str, int]]) -> SplitData:
 
     paths = [p for p, _ in items]
     labels = np.array([y for _, y in items], np.int32)
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    # bytes, not str: a file name that is not valid UTF-8 arrives as str with surrogates,
+    # which TF cannot turn into a string tensor; os.fsencode gives back its exact bytes.
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant([os.fsencode(p) for p in paths], tf.string), labels))
     ds = ds.map(lambda p, y: (decode_image(tf.io.read_file(p)), y), num_parallel_calls=tf.data.AUTOTUNE)
     return SplitData(ds, labels, paths)

@@ -90,11 +90,30 @@ def apply_stage(model: keras.Model, stage: Stage, batchnorm: str) -> dict[str, i
     return {"trainable": trainable, "frozen": total - trainable}
 
 
-def load_run_model(run_dir: "str | Path") -> keras.Model:
-    """The run's best checkpoint (safe mode: no foreign code runs while loading)."""
+def load_run_model(run_dir: "str | Path", unsafe: bool = False) -> keras.Model:
+    """The run's best checkpoint, in Keras safe mode: a file that carries Python code is refused.
+
+    A `.keras` file can hold a Lambda layer's pickled bytecode, which runs when the
+    model is loaded or called. tlkit never writes one, so such a file came from
+    elsewhere: it loads only with `unsafe=True` (CLI `--unsafe`), for a file you trust.
+    """
     from tlkit import runs
 
     path = Path(run_dir) / runs.BEST
     if not path.is_file():
         raise TlkitError(f"{run_dir} has no {runs.BEST}: the run did not finish an epoch (resume it with --resume)")
-    return keras.saving.load_model(path, safe_mode=True, compile=False)  # inference only: no optimizer state
+    return load_keras_file(path, unsafe=unsafe)
+
+
+def load_keras_file(path: "str | Path", unsafe: bool = False) -> keras.Model:
+    """Load a `.keras` file for inference (no optimizer state), safe mode on unless `unsafe`; failures are one TlkitError line."""
+    try:
+        return keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
+    except Exception as exc:  # Keras raises ValueError/TypeError/OSError with long texts
+        text = " ".join(str(exc).split())
+        if "safe_mode" in text or "unsafe_deserialization" in text:
+            raise TlkitError(
+                f"{path} contains Python code (a Lambda layer or a lambda in its config), which would run on "
+                "loading: refused. If you trust where the file came from, pass --unsafe (Python: unsafe=True)"
+            ) from None
+        raise TlkitError(f"cannot load {path}: {text[:300]}") from None
