@@ -69,13 +69,14 @@ def test_two_workers_match_single_process_and_resume(single, tmp_path, tfds_dir,
     # round 1: both workers stop after epoch 0 (stage 1), as Ctrl-C/SIGTERM would
     stop_after_first_epoch = textwrap.dedent(
         """
-        import sys, keras
-        original = keras.callbacks.CSVLogger.on_epoch_end
+        import sys
+        from tlkit import train
+        original = train._ResumePoint.on_epoch_end  # the last callback of an epoch: epoch 0 is fully recorded
         def stop(self, epoch, logs=None):
             original(self, epoch, logs)
             if epoch == 0:
                 raise KeyboardInterrupt
-        keras.callbacks.CSVLogger.on_epoch_end = stop
+        train._ResumePoint.on_epoch_end = stop
         from tlkit.cli import cli
         cli(sys.argv[1:], prog_name="tlkit")
         """
@@ -93,7 +94,7 @@ def test_two_workers_match_single_process_and_resume(single, tmp_path, tfds_dir,
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [130, 130], outputs
-    assert (run_dir / "backup" / "stage0" / "latest.weights.h5").is_file()
+    assert (run_dir / "backup" / "stage0" / "resume.json").is_file()
     assert not (run_dir / "metrics.json").exists()
 
     # round 2: the documented command, resuming both workers from the chief's run directory

@@ -209,8 +209,9 @@ def report(run_dir: str, max_images: int) -> None:
 @click.option("--input-size", type=int, help="For a backbone name or recipe: square input side.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Backbone constructor option, e.g. alpha=0.25.")
 @click.option("--classes", "num_classes", type=int, help="For a recipe: classes of the head (default: counted from its data folder).")
+@click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)
 @_handle_errors
-def inspect(target: str, image: str | None, layer: str | None, out: str | None, filters: bool, gradcam_image: str | None, class_name: str | None, weights: str | None, input_size: int | None, options: tuple[str, ...], num_classes: int | None) -> None:
+def inspect(target: str, image: str | None, layer: str | None, out: str | None, filters: bool, gradcam_image: str | None, class_name: str | None, weights: str | None, input_size: int | None, options: tuple[str, ...], num_classes: int | None, unsafe: bool) -> None:
     """Layers of TARGET (a backbone name, a recipe, a run directory or a .keras file): shapes, parameters,
     receptive fields, multiply-adds; or pictures of feature maps, kernels and Grad-CAM."""
     from tlkit.inspection import inspect_model
@@ -219,6 +220,7 @@ def inspect(target: str, image: str | None, layer: str | None, out: str | None, 
     result = inspect_model(
         target, image=image, layer=layer, out=out, filters=filters, gradcam_image=gradcam_image, class_name=class_name,
         weights=weights, input_size=input_size, options=dict(parse_override(o) for o in options), num_classes=num_classes,
+        unsafe=unsafe,
     )
     if "table" in result:
         click.echo(result["description"])

@@ -475,6 +475,9 @@ def format_table(model: keras.Model, rows: list[LayerRow] | None = None) -> str:
 def _num_classes_guess(recipe: Any) -> int:
     """Class count for a recipe's head without reading its images: class folders, or the built-in dataset."""
     source = recipe.data.source.strip()
+    if recipe.task == "segmentation":
+        values = recipe.data.masks.values
+        return len(set(values.values())) if values else (5 if source.startswith("builtin:") else 2)
     if source.startswith("builtin:"):
         return 4  # circle, square, star, triangle
     folder = Path(source).expanduser()
@@ -493,6 +496,7 @@ def load_target(
     input_size: int | None = None,
     options: dict[str, Any] | None = None,
     num_classes: int | None = None,
+    unsafe: bool = False,
 ) -> tuple[keras.Model, str]:
     """(model, description) for a backbone name, a recipe, a run directory or a `.keras` file.
 
@@ -507,18 +511,16 @@ def load_target(
         from tlkit.models.classifier import load_run_model
 
         run_dir = runs.require_run_dir(path)
-        return load_run_model(run_dir), f"run {run_dir} (best.keras)"
+        return load_run_model(run_dir, unsafe=unsafe), f"run {run_dir} (best.keras)"
     if path.suffix == ".keras":
         if not path.is_file():
             raise TlkitError(f"model file '{path}' does not exist")
         import tlkit.models.preprocess  # noqa: F401 - registers the Preprocess layer for loading
+        from tlkit.models.classifier import load_keras_file
 
-        try:
-            return keras.saving.load_model(path, safe_mode=True, compile=False), f"model file {path}"
-        except Exception as exc:
-            raise TlkitError(f"cannot load '{path}' as a Keras model: {' '.join(str(exc).split())[:300]}") from None
-    from tlkit.models.classifier import build_classifier, check_model
+        return load_keras_file(path, unsafe=unsafe), f"model file {path}"
     from tlkit.recipe import load_recipe, resolve_recipe_path
+    from tlkit.tasks import get_task
 
     is_recipe = path.suffix in (".yaml", ".yml")
     if not is_recipe:
@@ -534,9 +536,11 @@ def load_target(
         if input_size is not None:
             overrides["model.input_size"] = input_size
         recipe = load_recipe(str(target), overrides)
-        check_model(recipe)
+        task = get_task(recipe)
+        task.check(recipe)
         n = num_classes or _num_classes_guess(recipe)
-        return build_classifier(recipe, n), f"recipe {target} ({recipe.model.backbone}, head for {n} classes)"
+        head = "head" if recipe.task == "classification" else f"{recipe.model.decoder.type} decoder"
+        return task.build_model(recipe, n), f"recipe {target} ({recipe.model.backbone}, {head} for {n} classes)"
     from tlkit.models.backbones import build_backbone, get_backbone
 
     try:
@@ -921,6 +925,7 @@ def inspect_model(
     input_size: int | None = None,
     options: dict[str, Any] | None = None,
     num_classes: int | None = None,
+    unsafe: bool = False,
 ) -> dict[str, Any]:
     """What `tlkit inspect` does: the table, or the pictures asked for. Returns what it made.
 
@@ -934,7 +939,9 @@ def inspect_model(
         raise TlkitError("--image draws a layer's feature maps: name the layer with --layer (see the table for names)")
     if layer and not (image or gradcam_image):
         raise TlkitError("--layer goes with --image IMG (feature maps) or --gradcam IMG (the Grad-CAM layer)")
-    model, description = load_target(target, weights=weights, input_size=input_size, options=options, num_classes=num_classes)
+    model, description = load_target(
+        target, weights=weights, input_size=input_size, options=options, num_classes=num_classes, unsafe=unsafe
+    )
     result: dict[str, Any] = {"description": description, "written": []}
     if not any(wants):
         rows = layer_table(model)
