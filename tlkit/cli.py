@@ -98,14 +98,27 @@ def evaluate(target: str, data: str | None, split: str | None, as_json: bool) ->
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--out", type=click.Path(), help="Model folder (default saved_models/NAME); the version goes under it.")
+@click.option("--out", type=click.Path(), help="Model folder (default saved_models/NAME[-FORMAT[-QUANT]]); the version goes under it.")
 @click.option("--version", "version", type=int, help="Version number (default: next free).")
+@click.option("--format", "fmt", type=click.Choice(["savedmodel", "tflite", "onnx"]), default="savedmodel", show_default=True)
+@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default="none", show_default=True, help="TFLite only.")
+@click.option("--integer-io", is_flag=True, help="With --quantize int8: uint8 input and output, integer kernels only.")
+@click.option("--calibration-images", type=int, default=200, show_default=True, help="int8: training images to calibrate on.")
+@click.option("--data", help="Data source for the check and calibration images (default: the run's own).")
+@click.option("--quiet", "-q", is_flag=True)
 @_handle_errors
-def export(run_dir: str, out: str | None, version: int | None) -> None:
-    """Export RUN_DIR as a SavedModel: OUT/VERSION with labels.txt and metadata.json."""
+def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantize: str, integer_io: bool, calibration_images: int, data: str | None, quiet: bool) -> None:
+    """Export RUN_DIR for a runtime: OUT/VERSION with the model, labels.txt, metadata.json and README.md.
+
+    Written only after the runtime's own engine (TensorFlow, LiteRT, onnxruntime)
+    has loaded it and agreed with the Keras model on images of the run's data.
+    """
     from tlkit.exporting import export_run
 
-    export_run(run_dir, out=out, version=version)
+    export_run(
+        run_dir, out=out, version=version, quiet=quiet, format=fmt, quantize=quantize,
+        integer_io=integer_io, calibration_images=calibration_images, data=data,
+    )
 
 
 @cli.command()
@@ -115,7 +128,7 @@ def export(run_dir: str, out: str | None, version: int | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, predictions}.")
 @_handle_errors
 def predict(export_path: str, images: tuple[str, ...], top_k: int, as_json: bool) -> None:
-    """Classify IMAGES with an export (a version folder or a model folder)."""
+    """Classify IMAGES with an export: a SavedModel (version or model folder), a .tflite or an .onnx file."""
     from tlkit.prediction import predict as run
 
     results = run(export_path, list(images), top_k=top_k)

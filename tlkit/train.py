@@ -416,7 +416,7 @@ def finetune(
     if export if export is not None else rec.export.enabled:
         from tlkit.exporting import export_run
 
-        export_dir = export_run(run_path, quiet=quiet)
+        export_dir = export_run(run_path, quiet=quiet, bundle=bundle)  # the check images come from the loaded data
     return RunResult(
         run_path, metrics, bundle.class_names, read_history(run_path), export_dir, time.perf_counter() - started, timings
     )
