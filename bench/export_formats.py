@@ -101,15 +101,20 @@ def table(rows: list[dict], meta: dict) -> str:
         f"{meta['cpus']} CPU cores (shared); single-image latency over {meta['single']} calls, throughput in batches of {BATCH}. "
         "Ratios are to Keras `predict` in the same run (latency: < 1 is faster; throughput: > 1 is faster).",
         "",
-        "| format | size | size / TFLite fp32 | top-1 agreement | accuracy | p50 ms (x Keras) | p95 ms (x Keras) | images/s (x Keras) |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Agreement: top-1 equal to the Keras model's, on all images and on the {meta['confident']} whose Keras margin "
+        "between the best two classes is >= 0.1; max |dp|: largest probability difference.",
+        "",
+        "| format | size | size / TFLite fp32 | top-1 agreement | agreement, margin >= 0.1 | max abs dp | accuracy "
+        "| p50 ms (x Keras) | p95 ms (x Keras) | images/s (x Keras) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     fp32 = next((r["size"] for r in rows if r["name"] == "TFLite float32"), None)
     for r in rows:
         size = f"{r['size'] / 1e3:.0f} kB"
         rel = f"{r['size'] / fp32:.2f}x" if fp32 else "-"
         lines.append(
-            f"| {r['name']} | {size} | {rel} | {r['agreement']:.2%} | {r['accuracy']:.4f} "
+            f"| {r['name']} | {size} | {rel} | {r['agreement']:.2%} | {r['agreement_confident']:.2%} "
+            f"| {r['max_abs_diff']:.2g} | {r['accuracy']:.4f} "
             f"| {r['p50_ms']:.2f} ({r['p50_ms'] / k['p50_ms']:.3f}x) | {r['p95_ms']:.2f} ({r['p95_ms'] / k['p95_ms']:.3f}x) "
             f"| {r['throughput']:.0f} ({r['throughput'] / k['throughput']:.2f}x) |"
         )
@@ -184,7 +189,8 @@ def main() -> int:
     ]
     exports = {}
     for name, options in EXPORTS:
-        folder = export_run(run_dir, out=out / "exports" / name.split(" (")[0].replace(" ", "-").lower() + ("-io" if options.get("integer_io") else ""), quiet=True, bundle=bundle, **options)
+        slug = name.split(" (")[0].replace(" ", "-").lower() + ("-io" if options.get("integer_io") else "")
+        folder = export_run(run_dir, out=out / "exports" / slug, quiet=True, bundle=bundle, **options)
         meta = runs.read_json(folder / "metadata.json")
         fmt, model_path, runner = formats.load_runner(folder)
         if fmt.name == "savedmodel":
@@ -200,9 +206,16 @@ def main() -> int:
         exports[name] = (folder, meta)
         print(f"  {name}: {folder}", flush=True)
     keras_top1 = rows[0]["probs"].argmax(1)
+    top2 = np.sort(rows[0]["probs"], axis=1)[:, -2:]
+    confident = (top2[:, 1] - top2[:, 0]) >= 0.1  # near-ties flip under any noise; these should not
     for r in rows:
-        r["agreement"] = float((r["probs"].argmax(1) == keras_top1).mean())
-    meta = {"images": len(images), "size": size, "cpus": os.cpu_count(), "single": n_single}
+        same = r["probs"].argmax(1) == keras_top1
+        r["agreement"] = float(same.mean())
+        r["agreement_confident"] = float(same[confident].mean())
+        r["max_abs_diff"] = float(np.abs(r["probs"] - rows[0]["probs"]).max())
+        r["mean_abs_diff"] = float(np.abs(r["probs"] - rows[0]["probs"]).mean())
+    meta = {"images": len(images), "size": size, "cpus": os.cpu_count(), "single": n_single,
+            "confident": int(confident.sum())}
     text = table(rows, meta)
     checks = targets(rows)
     section = (

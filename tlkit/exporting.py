@@ -107,7 +107,7 @@ def _decode_batch(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
     )
 
 
-CHECK_IMAGES = 16  # images each export is verified on
+CHECK_IMAGES = 32  # images each export is verified on
 CALIBRATION_IMAGES = 200  # default representative images for int8
 
 
@@ -174,6 +174,8 @@ def export_run(
         integer_io=integer_io,
         calibration=(lambda: images.calibration(calibration_images)) if quantize == "int8" else None,
     )
+    if quantize == "int8":
+        images.require_data()  # fail before anything is written
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".tmp-{version}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -280,14 +282,18 @@ class _ExportImages:
         ramp = np.linspace(0, 255, self.size)[None, :, None, None] * rng.uniform(0, 1, (n, 1, 1, 3))
         return np.round(0.5 * noise + 0.5 * ramp.transpose(0, 2, 1, 3)).astype(np.float32), "synthetic"
 
-    def calibration(self, n: int) -> Iterator[np.ndarray]:
-        """Representative images for int8: a seeded sample of the training split, one at a time."""
+    def require_data(self) -> Any:
         bundle = self._load()
         if bundle is None:
             raise TlkitError(
                 f"int8 quantization calibrates on the run's training data, which cannot be loaded "
                 f"({self._error}); pass --data with the training images"
             )
+        return bundle
+
+    def calibration(self, n: int) -> Iterator[np.ndarray]:
+        """Representative images for int8: a seeded sample of the training split, one at a time."""
+        self.require_data()
         images = self._sample("train", n, self.recipe.seed)
         self.calibrated = len(images)
         show = not self.quiet and sys.stdout.isatty()

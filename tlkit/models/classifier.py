@@ -90,10 +90,15 @@ def apply_stage(model: keras.Model, stage: Stage, batchnorm: str) -> dict[str, i
 
 
 def load_run_model(run_dir: "str | Path") -> keras.Model:
-    """The run's best checkpoint (safe mode: no foreign code runs while loading)."""
+    """The run's best checkpoint for inference (safe mode: no foreign code runs while loading).
+
+    compile=False: the optimizer (and its tlkit learning-rate schedule) is not
+    needed to predict, and would not deserialize in a process that never
+    imported tlkit.train.
+    """
     from tlkit import runs
 
     path = Path(run_dir) / runs.BEST
     if not path.is_file():
         raise TlkitError(f"{run_dir} has no {runs.BEST}: the run did not finish an epoch (resume it with --resume)")
-    return keras.saving.load_model(path, safe_mode=True)
+    return keras.saving.load_model(path, safe_mode=True, compile=False)
