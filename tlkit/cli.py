@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import click
 
+from tlkit.formats import FORMATS, QUANTIZE_MODES  # the registry only: no TensorFlow import
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -100,8 +102,8 @@ def evaluate(target: str, data: str | None, split: str | None, as_json: bool) ->
 @click.argument("run_dir", type=click.Path())
 @click.option("--out", type=click.Path(), help="Model folder (default saved_models/NAME[-FORMAT[-QUANT]]); the version goes under it.")
 @click.option("--version", "version", type=int, help="Version number (default: next free).")
-@click.option("--format", "fmt", type=click.Choice(["savedmodel", "tflite", "onnx"]), default="savedmodel", show_default=True)
-@click.option("--quantize", type=click.Choice(["none", "float16", "dynamic", "int8"]), default="none", show_default=True, help="TFLite only.")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="savedmodel", show_default=True)
+@click.option("--quantize", type=click.Choice(list(QUANTIZE_MODES)), default="none", show_default=True, help="TFLite only.")
 @click.option("--integer-io", is_flag=True, help="With --quantize int8: uint8 input and output, integer kernels only.")
 @click.option("--calibration-images", type=int, default=200, show_default=True, help="int8: training images to calibrate on.")
 @click.option("--data", help="Data source for the check and calibration images (default: the run's own).")

@@ -162,7 +162,11 @@ def export_run(
     metrics = runs.read_json(run_dir / runs.METRICS) if (run_dir / runs.METRICS).is_file() else {}
     output_name, inference = formats.inference_model(model, recipe.task)
     images = _ExportImages(recipe, data, bundle, size, len(labels), quiet)
-    say = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
+
+    def say(message: str) -> None:
+        if not quiet:
+            print(message, flush=True)
+
     job = formats.ExportJob(
         model=model,
         inference=inference,
@@ -237,9 +241,11 @@ def export_run(
 
 
 def _size(path: Path) -> int:
+    """Bytes of the model itself: the file, or a SavedModel's saved_model.pb, variables/ and assets/."""
     if path.is_file():
         return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name != METADATA)
+    others = {METADATA, runs.LABELS, "README.md"}
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and p.name not in others)
 
 
 class _ExportImages:
@@ -316,8 +322,11 @@ def sample_split(split: Any, n: int, seed: int) -> Any:
         idx = np.sort(rng.choice(split.size, n, replace=False))
         paths = [split.paths[i] for i in idx]
         labels = split.labels[idx]
-        ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-        ds = ds.map(lambda p, y: (decode_image(tf.io.read_file(p)), y), num_parallel_calls=tf.data.AUTOTUNE)
+
+        def read(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return decode_image(tf.io.read_file(path)), label
+
+        ds = tf.data.Dataset.from_tensor_slices((paths, labels)).map(read, num_parallel_calls=tf.data.AUTOTUNE)
         return SplitData(ds, labels, paths)
     # no paths (TFDS): sample among the first images only, so the rest is never decoded
     limit = min(split.size, max(10 * n, 2000))

@@ -19,6 +19,7 @@ import importlib
 import json
 import re
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -490,12 +491,14 @@ def _write_onnx(job: ExportJob, folder: Path) -> None:
     path = folder / "model.onnx"
     try:
         # Keras's own ONNX path (tf2onnx on a concrete function, with its numpy 2 fixes)
-        job.inference.export(
-            str(path),
-            format="onnx",
-            verbose=False,
-            input_signature=[tf.TensorSpec([None, job.size, job.size, 3], tf.float32, name="images")],
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)  # its `np.object` probe
+            job.inference.export(
+                str(path),
+                format="onnx",
+                verbose=False,
+                input_signature=[tf.TensorSpec([None, job.size, job.size, 3], tf.float32, name="images")],
+            )
     except Exception as exc:
         ops = _ops_in_error(str(exc))
         raise TlkitError(
