@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 import click
 
+from tlkit.formats import FORMATS, QUANTIZE_MODES  # the registry only: no TensorFlow import
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 UNSAFE_HELP = "Load a run's .keras file even if it carries Python code (Lambda layers): only for files you trust."
@@ -121,15 +123,28 @@ def evaluate(target: str, data: str | None, split: str | None, as_json: bool, un
 
 @cli.command()
 @click.argument("run_dir", type=click.Path())
-@click.option("--out", type=click.Path(), help="Model folder (default saved_models/NAME); the version goes under it.")
+@click.option("--out", type=click.Path(), help="Model folder (default saved_models/NAME[-FORMAT[-QUANT]]); the version goes under it.")
 @click.option("--version", "version", type=int, help="Version number (default: next free).")
+@click.option("--format", "fmt", type=click.Choice(list(FORMATS)), default="savedmodel", show_default=True)
+@click.option("--quantize", type=click.Choice(list(QUANTIZE_MODES)), default="none", show_default=True, help="TFLite only.")
+@click.option("--integer-io", is_flag=True, help="With --quantize int8: uint8 input and output, integer kernels only.")
+@click.option("--calibration-images", type=int, default=200, show_default=True, help="int8: training images to calibrate on.")
+@click.option("--data", help="Data source for the check and calibration images (default: the run's own).")
+@click.option("--quiet", "-q", is_flag=True)
 @click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)
 @_handle_errors
-def export(run_dir: str, out: str | None, version: int | None, unsafe: bool) -> None:
-    """Export RUN_DIR as a SavedModel: OUT/VERSION with labels.txt and metadata.json."""
+def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantize: str, integer_io: bool, calibration_images: int, data: str | None, quiet: bool, unsafe: bool) -> None:
+    """Export RUN_DIR for a runtime: OUT/VERSION with the model, labels.txt, metadata.json and README.md.
+
+    Written only after the runtime's own engine (TensorFlow, LiteRT, onnxruntime)
+    has loaded it and agreed with the Keras model on images of the run's data.
+    """
     from tlkit.exporting import export_run
 
-    export_run(run_dir, out=out, version=version, unsafe=unsafe)
+    export_run(
+        run_dir, out=out, version=version, quiet=quiet, format=fmt, quantize=quantize,
+        integer_io=integer_io, calibration_images=calibration_images, data=data, unsafe=unsafe,
+    )
 
 
 @cli.command()
@@ -140,7 +155,7 @@ def export(run_dir: str, out: str | None, version: int | None, unsafe: bool) -> 
 @click.option("--out", type=click.Path(), help="Segmentation: folder for mask PNGs (class indices) and colour overlays.")
 @_handle_errors
 def predict(export_path: str, images: tuple[str, ...], top_k: int, as_json: bool, out: str | None) -> None:
-    """Classify IMAGES (or segment them) with an export (a version folder or a model folder)."""
+    """Classify (or segment) IMAGES with an export: a SavedModel (version or model folder), a .tflite or an .onnx file."""
     from tlkit.prediction import predict as run
 
     results = run(export_path, list(images), top_k=top_k, out=out)

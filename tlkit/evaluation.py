@@ -70,21 +70,31 @@ def evaluate(
     """
     from tlkit import runs
     from tlkit.data.sources import load_data
-    from tlkit.exporting import find_export, load_export_recipe
+    from tlkit.exporting import load_export_recipe
     from tlkit.models.classifier import load_run_model
     from tlkit.recipe import load_recipe
     from tlkit.tasks import get_task
 
     target = Path(target)
-    export_dir = find_export(target, required=False)
-    if export_dir is not None:
-        recipe = load_export_recipe(export_dir)
-        labels = runs.read_labels(export_dir)
-        loaded = tf.saved_model.load(str(export_dir))
-        serve = loaded.signatures["serving_default"]
+    if target.is_file() or (target.is_dir() and not (target / runs.RECIPE).is_file()):
+        from tlkit import formats
 
-        def fn(images: tf.Tensor) -> tf.Tensor:
-            return serve(images=tf.cast(images, tf.uint8))["probabilities"]
+        try:
+            formats.locate(target)
+        except TlkitError:
+            raise TlkitError(
+                f"'{target}' is neither a run directory (it has no {runs.RECIPE}) nor an export "
+                "(SavedModel folder, .tflite/.onnx file, or a model folder of numbered versions)"
+            ) from None
+        _, model_path, runner = formats.load_runner(target)  # any export format, on its own engine
+        folder = formats.export_folder(model_path)
+        if not (folder / "metadata.json").is_file():
+            raise TlkitError(f"{folder} has no metadata.json: evaluate needs the whole export folder, not the model file alone")
+        recipe = load_export_recipe(folder)
+        labels = formats.read_labels(model_path)
+
+        def fn(images: tf.Tensor) -> np.ndarray:
+            return runner(np.asarray(images))
 
     else:
         run_dir = runs.require_run_dir(target)

@@ -576,7 +576,7 @@ def _train(
     if export if export is not None else rec.export.enabled:
         from tlkit.exporting import export_run
 
-        export_dir = export_run(run_path, quiet=quiet)
+        export_dir = export_run(run_path, quiet=quiet, bundle=bundle)  # the check images come from the loaded data
     if report:  # curves, confusion matrix, predictions in run/report/; a failure only warns
         from tlkit.report import report_after_training
 

@@ -96,6 +96,8 @@ def load_run_model(run_dir: "str | Path", unsafe: bool = False) -> keras.Model:
     A `.keras` file can hold a Lambda layer's pickled bytecode, which runs when the
     model is loaded or called. tlkit never writes one, so such a file came from
     elsewhere: it loads only with `unsafe=True` (CLI `--unsafe`), for a file you trust.
+    No optimizer (compile=False): predicting needs none, and its tlkit learning-rate
+    schedule would not deserialize in a process that never imported tlkit.train.
     """
     from tlkit import runs
 

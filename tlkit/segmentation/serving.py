@@ -9,7 +9,7 @@ Signatures (see README):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -80,12 +80,13 @@ def class_fractions(classes: np.ndarray, labels: list[str]) -> dict[str, float]:
     return {name: float(c / max(classes.size, 1)) for name, c in zip(labels, counts)}
 
 
-def predict_masks(serve: Any, images: list[tuple[int, str, bytes]], labels: list[str], out_dir: Path | None) -> dict[int, dict[str, Any]]:
-    """One request per image, so every mask has its image's size."""
+def predict_masks(
+    segment: Callable[[bytes], np.ndarray], images: list[tuple[int, str, bytes]], labels: list[str], out_dir: Path | None
+) -> dict[int, dict[str, Any]]:
+    """One call per image (`segment`: encoded image -> class map at its own size), so every mask has its image's size."""
     results: dict[int, dict[str, Any]] = {}
     for index, path, data in images:
-        out = serve(image_bytes=tf.constant([data]))
-        classes = out["classes"].numpy()[0]
+        classes = segment(data)
         entry: dict[str, Any] = {"size": [int(classes.shape[0]), int(classes.shape[1])], "fractions": class_fractions(classes, labels)}
         if out_dir is not None:
             image = decode_image(tf.constant(data)).numpy()

@@ -1,0 +1,257 @@
+"""The README.md model card inside every export, rendered from its metadata.json.
+
+A model file travels without the run directory that made it; the card tells
+whoever receives it what the model is, which labels and pixels it expects, how
+well it did on held-out data, how it was trained and how to call it from each
+runtime, so nobody has to reverse-engineer an input tensor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tlkit import runs
+
+CARD = "README.md"
+
+
+def write_model_card(folder: Path, meta: dict[str, Any], extra: str = "") -> Path:
+    """Render the card for the export in `folder` and write it atomically; `extra` is appended (e.g. a benchmark)."""
+    text = render(meta)
+    if extra:
+        text += "\n" + extra.strip() + "\n"
+    runs.atomic_write_text(Path(folder) / CARD, text)
+    return Path(folder) / CARD
+
+
+def render(meta: dict[str, Any]) -> str:
+    fmt = meta.get("format", "savedmodel")
+    parts = [
+        _overview(meta),
+        _labels(meta),
+        _input(meta),
+        _metrics(meta),
+        _recipe(meta),
+        _usage(meta, fmt),
+    ]
+    return "\n".join(p.rstrip() + "\n" for p in parts if p)
+
+
+def _overview(meta: dict[str, Any]) -> str:
+    recipe = meta.get("recipe", {})
+    fmt = meta.get("format", "savedmodel")
+    quant = meta.get("quantize", "none")
+    labels = meta.get("labels", [])
+    what = {
+        "savedmodel": "TensorFlow SavedModel (TF Serving layout)",
+        "tflite": "TFLite flatbuffer for the LiteRT interpreter",
+        "onnx": "ONNX graph for onnxruntime",
+    }.get(fmt, fmt)
+    lines = [
+        f"# {recipe.get('name', 'tlkit model')}: {meta.get('task', 'classification')} model card",
+        "",
+        f"A {meta.get('task', 'classification')} model of {len(labels)} classes, made by tlkit "
+        f"(transfer learning on Keras {meta.get('versions', {}).get('keras', '3')}).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| format | {what} |",
+        f"| file | `{meta.get('file') or 'saved_model.pb + variables/'}` ({_bytes(meta.get('size_bytes'))}) |",
+        f"| quantization | {quant}{' (integer-only input and output)' if meta.get('integer_io') else ''} |",
+        f"| backbone | `{meta.get('backbone')}` ({(recipe.get('model') or {}).get('weights', '?')} weights"
+        f"{_options(recipe)}) |",
+        f"| input | {meta.get('input_size')} x {meta.get('input_size')} RGB |",
+        f"| exported | {meta.get('exported_at', '?')} with tlkit {meta.get('versions', {}).get('tlkit', '?')}, "
+        f"TensorFlow {meta.get('versions', {}).get('tensorflow', '?')} |",
+    ]
+    check = meta.get("verification")
+    if check:
+        lines.append(
+            f"| verified | with {check.get('engine')} on {check.get('images')} {check.get('source')} images: "
+            f"top-1 agreement with the Keras model {check.get('top1_agreement', 0):.3f}, "
+            f"max probability difference {check.get('max_abs_diff', 0):.2g} (tolerance {check['tolerance']['max_abs']}) |"
+        )
+    if meta.get("calibration"):
+        lines.append(f"| int8 calibration | {meta['calibration']['images']} images of the training split |")
+    return "\n".join(lines)
+
+
+def _options(recipe: dict[str, Any]) -> str:
+    options = (recipe.get("model") or {}).get("options") or {}
+    return "".join(f", {k}={v}" for k, v in options.items())
+
+
+def _bytes(n: Any) -> str:
+    if not isinstance(n, int):
+        return "?"
+    return f"{n / 1e6:.2f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _labels(meta: dict[str, Any]) -> str:
+    labels = meta.get("labels", [])
+    rows = "\n".join(f"| {i} | {name} |" for i, name in enumerate(labels))
+    return (
+        "## Labels\n\nOutput index -> class name (also in `labels.txt` beside the model, one per line, in this order"
+        + (", and in the ONNX file's `metadata_props['labels']`" if meta.get("format") == "onnx" else "")
+        + ").\n\n| index | label |\n|---|---|\n"
+        + rows
+    )
+
+
+def _input(meta: dict[str, Any]) -> str:
+    size = meta.get("input_size")
+    fmt = meta.get("format", "savedmodel")
+    out = meta.get("output", "probabilities")
+    if fmt == "savedmodel":
+        rows = "\n".join(f"| `{name}` | {spec} |" for name, spec in (meta.get("signatures") or {}).items())
+        return (
+            "## Input and output\n\nThe model decodes, resizes (bilinear, antialiased) and normalizes by itself: "
+            "send raw pixels or encoded files.\n\n| signature | input -> outputs |\n|---|---|\n" + rows
+        )
+    tensors = meta.get("tensors") or {}
+    inp = tensors.get("input") or {"name": "images", "dtype": "float32", "shape": [-1, size, size, 3]}
+    res = tensors.get("output") or {"name": out, "dtype": "float32"}
+    quant_in = inp.get("quantization")
+    pixels = (
+        f"uint8 pixels 0-255 (quantization scale {quant_in['scale']:.6g}, zero point {quant_in['zero_point']}: "
+        "feed the pixel values as they are)"
+        if quant_in
+        else "float32 pixel values in [0, 255] (not normalized: normalization is inside the model)"
+    )
+    quant_out = res.get("quantization")
+    probs = (
+        f"uint8; probability = (value - {quant_out['zero_point']}) * {quant_out['scale']:.6g}"
+        if quant_out
+        else "float32 probabilities summing to 1"
+    )
+    return (
+        "## Input and output\n\n"
+        f"- input `{inp.get('name')}`: {inp.get('dtype')} `[batch, {size}, {size}, 3]`, RGB, {pixels}. "
+        f"Resize each image to {size} x {size} first (tlkit uses bilinear with antialiasing, "
+        "`tf.image.resize(..., antialias=True)`); the batch dimension is dynamic.\n"
+        f"- output `{res.get('name')}`: `[batch, {len(meta.get('labels', []))}]`, {probs}, in the order of the labels above."
+    )
+
+
+def _metrics(meta: dict[str, Any]) -> str:
+    m = meta.get("metrics") or {}
+    if not m:
+        return "## Metrics\n\nThe run recorded no evaluation metrics."
+    lines = [
+        f"## Metrics on the {m.get('split', 'evaluation')} split ({m.get('num_examples', '?')} images, Keras model)",
+        "",
+        f"accuracy **{m.get('accuracy', 0):.4f}**, loss {m.get('loss', 0):.4f}, "
+        f"top-{m.get('top_k', '?')} accuracy {m.get('top_k_accuracy', 0):.4f}",
+    ]
+    per_class = m.get("per_class") or {}
+    if per_class:
+        lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
+        for name, row in per_class.items():
+            lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+    if meta.get("quantize", "none") != "none":
+        lines += ["", "These are the float model's figures; the verification line above says how closely this quantized file follows it."]
+    return "\n".join(lines)
+
+
+def _recipe(meta: dict[str, Any]) -> str:
+    r = meta.get("recipe") or {}
+    data, model, train = r.get("data") or {}, r.get("model") or {}, r.get("train") or {}
+    augment = ", ".join(f"{k} {v}" for k, v in (data.get("augment") or {}).items() if v not in (0, 0.0, "none")) or "none"
+    lines = [
+        "## Training recipe (summary)",
+        "",
+        f"- data: `{data.get('source')}` (val fraction {data.get('val_fraction')}, test fraction {data.get('test_fraction')}), "
+        f"augmentation: {augment}",
+        f"- model: `{model.get('backbone')}` at {meta.get('input_size')} px, weights `{model.get('weights')}`, "
+        f"head dropout {(model.get('head') or {}).get('dropout')}",
+        f"- training: batch {train.get('batch_size')}, label smoothing {train.get('label_smoothing', 0)}, seed {r.get('seed')}",
+        "",
+        "| stage | epochs | trains | batchnorm | optimizer | learning rate | schedule |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in train.get("stages") or []:
+        lines.append(
+            f"| {s.get('name')} | {s.get('epochs')} | {s.get('unfreeze')} | {s.get('batchnorm')} | {s.get('optimizer')} "
+            f"| {s.get('learning_rate')} | {s.get('schedule')} |"
+        )
+    lines += ["", "The whole resolved recipe is in `metadata.json` (`recipe`)."]
+    return "\n".join(lines)
+
+
+def _usage(meta: dict[str, Any], fmt: str) -> str:
+    size = meta.get("input_size")
+    name = (meta.get("recipe") or {}).get("name", "model")
+    serving = (
+        "## Calling it\n\n### TF Serving\n\n"
+        f"```bash\n# mount the model folder that holds this version folder (e.g. saved_models/{name}, which holds 1/, 2/, ...)\n"
+        f"docker run -p 8501:8501 -p 8500:8500 -v \"$PWD/saved_models/{name}:/models/{name}\" -e MODEL_NAME={name} tensorflow/serving\n"
+        f"# REST: raw pixels (serving_default) or base64-encoded files (serving_bytes)\n"
+        f"curl -d '{{\"signature_name\": \"serving_default\", \"instances\": [[[[0, 0, 0], ...]]]}}' "
+        f"http://localhost:8501/v1/models/{name}:predict\n"
+        f"curl -d '{{\"signature_name\": \"serving_bytes\", \"instances\": [{{\"b64\": \"'$(base64 -w0 photo.jpg)'\"}}]}}' "
+        f"http://localhost:8501/v1/models/{name}:predict\n```\n\n"
+        "gRPC (`pip install tensorflow-serving-api`):\n\n```python\n"
+        "import grpc, tensorflow as tf\n"
+        "from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc\n"
+        "stub = prediction_service_pb2_grpc.PredictionServiceStub(grpc.insecure_channel('localhost:8500'))\n"
+        f"request = predict_pb2.PredictRequest()\nrequest.model_spec.name = '{name}'\n"
+        "request.model_spec.signature_name = 'serving_bytes'\n"
+        "request.inputs['image_bytes'].CopyFrom(tf.make_tensor_proto([open('photo.jpg', 'rb').read()]))\n"
+        "response = stub.Predict(request, timeout=10.0)\n"
+        "print(tf.make_ndarray(response.outputs['probabilities']), response.outputs['classes'].string_val)\n```\n"
+    )
+    if fmt == "savedmodel":
+        python = (
+            "### Python (TensorFlow only, no tlkit)\n\n```python\nimport tensorflow as tf\n"
+            "model = tf.saved_model.load('PATH/TO/THIS/FOLDER')\n"
+            "out = model.signatures['serving_bytes'](image_bytes=tf.constant([open('photo.jpg', 'rb').read()]))\n"
+            "print(out['classes'].numpy(), out['probabilities'].numpy())\n```\n\n"
+            "or `tlkit predict PATH/TO/THIS/FOLDER photo.jpg`.\n"
+        )
+        lite = (
+            "### LiteRT\n\nThis folder is a SavedModel; for LiteRT export the run as TFLite: "
+            "`tlkit export RUN_DIR --format tflite [--quantize float16|dynamic|int8]`.\n"
+        )
+        return serving + "\n" + python + "\n" + lite
+    not_serving = (
+        "## Calling it\n\n### TF Serving\n\nTF Serving serves SavedModels: export the run with "
+        "`tlkit export RUN_DIR --format savedmodel` for it (signatures `serving_default`, `serving_bytes`).\n"
+    )
+    prep = (
+        "import numpy as np\nfrom PIL import Image\n"
+        f"image = Image.open('photo.jpg').convert('RGB').resize(({size}, {size}), Image.BILINEAR)\n"
+        "pixels = np.asarray(image, np.float32)[None]  # [1, H, W, 3], 0-255\n"
+        "labels = open('labels.txt').read().splitlines()\n"
+    )
+    if fmt == "onnx":
+        python = (
+            "### Python (onnxruntime)\n\n```python\nimport onnxruntime as ort\n" + prep
+            + "session = ort.InferenceSession('model.onnx')\n"
+            "probs = session.run(None, {'images': pixels})[0][0]\n"
+            "print(labels[probs.argmax()], probs.max())\n```\n\n"
+            "or `tlkit predict model.onnx photo.jpg` (decodes and resizes exactly as in training).\n"
+        )
+        lite = (
+            "### LiteRT\n\nThis is an ONNX file; for LiteRT export the run as TFLite: "
+            "`tlkit export RUN_DIR --format tflite`.\n"
+        )
+        return not_serving + "\n" + python + "\n" + lite
+    feed = "pixels.astype(np.uint8)" if meta.get("integer_io") else "pixels"
+    lite = (
+        "### LiteRT (Python: `pip install ai-edge-litert`; Android/iOS: the same file with the LiteRT runtime)\n\n"
+        "```python\nfrom ai_edge_litert.interpreter import Interpreter\n" + prep
+        + "interpreter = Interpreter(model_path='model.tflite')\n"
+        "runner = interpreter.get_signature_runner('serving_default')\n"
+        f"out = runner(images={feed})['{meta.get('output', 'probabilities')}'][0]\n"
+        + (
+            "scale, zero = interpreter.get_output_details()[0]['quantization']\n"
+            "probs = (out.astype(np.float32) - zero) * scale  # uint8 -> probabilities\n"
+            if meta.get("integer_io")
+            else "probs = out\n"
+        )
+        + "print(labels[probs.argmax()], probs.max())\n```\n\n"
+        "or `tlkit predict model.tflite photo.jpg`. PIL's bilinear resize is close to, not identical with, "
+        "tlkit's antialiased resize; for exact agreement resize with `tf.image.resize(..., antialias=True)`.\n"
+    )
+    return not_serving + "\n### Python\n\nUse the LiteRT interpreter below (the same code runs on a desktop).\n\n" + lite
