@@ -149,7 +149,7 @@ def test_resume_after_interruption(tmp_path, tfds_dir, monkeypatch):
     assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
     with (run_dir / "history.csv").open() as f:
         epochs = [int(r["epoch"]) for r in csv.DictReader(f)]
-    assert epochs == [0, 1, 2, 3]  # epoch 2 was finished before the interrupt, so it is not redone
+    assert epochs == [0, 1, 2, 3]  # epoch 2 died before its resume point: redone, and its row replaced, not repeated
     assert (run_dir / "metrics.json").is_file()
     assert json.loads((run_dir / "state.json").read_text())["completed_stages"] == 2
 

@@ -250,6 +250,31 @@ def test_segmentation_export_predicts_the_keras_mask_in_a_fresh_process(seg_run,
     assert (mask == expected).mean() > 0.995
 
 
+@pytest.mark.parametrize("fmt", ["tflite", "onnx"])
+def test_segmentation_exports_to_tflite_and_onnx_with_the_same_masks(seg_run, tmp_path, fmt):
+    """Each format is verified by its engine at export; its masks match the SavedModel's on a new image."""
+    import tlkit.prediction
+    from tlkit.exporting import export_run
+
+    result, _ = seg_run
+    folder = export_run(result.run_dir, out=tmp_path / fmt, format=fmt, quiet=True)
+    meta = json.loads((folder / "metadata.json").read_text())
+    assert meta["task"] == "segmentation" and meta["verification"]["ok"]
+    assert "mean IoU" in (folder / "README.md").read_text()
+    rng = np.random.default_rng(6)
+    image = rng.integers(0, 255, (36, 44, 3), dtype=np.uint8)
+    image[8:28, 10:30] = (240, 240, 40)
+    _png(tmp_path / "y.png", image)
+    model_file = folder / f"model.{fmt}"
+    got = tlkit.prediction.predict(model_file, [tmp_path / "y.png"], out=tmp_path / "masks")[0]
+    reference = tlkit.prediction.predict(result.export_dir, [tmp_path / "y.png"], out=tmp_path / "ref")[0]
+    from PIL import Image
+
+    assert got["size"] == [36, 44]
+    mask, ref = np.array(Image.open(got["mask"])), np.array(Image.open(reference["mask"]))
+    assert (mask == ref).mean() > 0.98
+
+
 def test_segmentation_evaluate_run_and_export_agree(seg_run):
     result, _ = seg_run
     from_run = tlkit.evaluate(result.run_dir, split="val")

@@ -130,8 +130,19 @@ def _input(meta: dict[str, Any]) -> str:
         f"- input `{inp.get('name')}`: {inp.get('dtype')} `[batch, {size}, {size}, 3]`, RGB, {pixels}. "
         f"Resize each image to {size} x {size} first (tlkit uses bilinear with antialiasing, "
         "`tf.image.resize(..., antialias=True)`); the batch dimension is dynamic.\n"
-        f"- output `{res.get('name')}`: `[batch, {len(meta.get('labels', []))}]`, {probs}, in the order of the labels above."
+        f"- output `{res.get('name')}`: `[batch, {_per_item(meta)}{len(meta.get('labels', []))}]`, {probs}, "
+        "in the order of the labels above" + (" (per pixel, at the input size: resize to the image's size, then argmax)." if _segments(meta) else ".")
     )
+
+
+def _segments(meta: dict[str, Any]) -> bool:
+    return meta.get("task") == "segmentation"
+
+
+def _per_item(meta: dict[str, Any]) -> str:
+    """The output's middle dimensions: none for a classifier, the pixel grid for a segmenter."""
+    size = meta.get("input_size")
+    return f"{size}, {size}, " if _segments(meta) else ""
 
 
 def _metrics(meta: dict[str, Any]) -> str:
@@ -141,11 +152,23 @@ def _metrics(meta: dict[str, Any]) -> str:
     lines = [
         f"## Metrics on the {m.get('split', 'evaluation')} split ({m.get('num_examples', '?')} images, Keras model)",
         "",
-        f"accuracy **{m.get('accuracy', 0):.4f}**, loss {m.get('loss', 0):.4f}, "
-        f"top-{m.get('top_k', '?')} accuracy {m.get('top_k_accuracy', 0):.4f}",
     ]
     per_class = m.get("per_class") or {}
-    if per_class:
+    if _segments(meta):
+        lines.append(
+            f"mean IoU **{m.get('mean_iou', 0):.4f}**, pixel accuracy {m.get('pixel_accuracy', 0):.4f}, "
+            f"mean Dice {m.get('mean_dice', 0):.4f}, loss {m.get('loss', 0):.4f}"
+        )
+        if per_class:
+            lines += ["", "| class | IoU | Dice |", "|---|---|---|"]
+            for name, row in per_class.items():
+                lines.append(f"| {name} | {row.get('iou', 0):.3f} | {row.get('dice', 0):.3f} |")
+    else:
+        lines.append(
+            f"accuracy **{m.get('accuracy', 0):.4f}**, loss {m.get('loss', 0):.4f}, "
+            f"top-{m.get('top_k', '?')} accuracy {m.get('top_k_accuracy', 0):.4f}"
+        )
+    if per_class and not _segments(meta):
         lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
         for name, row in per_class.items():
             lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
@@ -181,6 +204,11 @@ def _recipe(meta: dict[str, Any]) -> str:
 
 def _usage(meta: dict[str, Any], fmt: str) -> str:
     size = meta.get("input_size")
+    show = (
+        "mask = probs.argmax(-1)  # class index per pixel; labels[i] names class i\n"
+        if _segments(meta)
+        else "print(labels[probs.argmax()], probs.max())\n"
+    )
     name = (meta.get("recipe") or {}).get("name", "model")
     serving = (
         "## Calling it\n\n### TF Serving\n\n"
@@ -229,7 +257,7 @@ def _usage(meta: dict[str, Any], fmt: str) -> str:
             "### Python (onnxruntime)\n\n```python\nimport onnxruntime as ort\n" + prep
             + "session = ort.InferenceSession('model.onnx')\n"
             "probs = session.run(None, {'images': pixels})[0][0]\n"
-            "print(labels[probs.argmax()], probs.max())\n```\n\n"
+            + show + "```\n\n"
             "or `tlkit predict model.onnx photo.jpg` (decodes and resizes exactly as in training).\n"
         )
         lite = (
@@ -250,7 +278,7 @@ def _usage(meta: dict[str, Any], fmt: str) -> str:
             if meta.get("integer_io")
             else "probs = out\n"
         )
-        + "print(labels[probs.argmax()], probs.max())\n```\n\n"
+        + show + "```\n\n"
         "or `tlkit predict model.tflite photo.jpg`. PIL's bilinear resize is close to, not identical with, "
         "tlkit's antialiased resize; for exact agreement resize with `tf.image.resize(..., antialias=True)`.\n"
     )

@@ -279,7 +279,8 @@ class _HistoryCSV(keras.callbacks.Callback):
         rows: list[dict[str, Any]] = []
         if self.path.is_file():
             with self.path.open(newline="") as f:
-                rows = list(csv.DictReader(f))
+                # an epoch redone after an interruption (killed before its resume point) replaces its old row
+                rows = [r for r in csv.DictReader(f) if int(float(r["epoch"])) < epoch]
         row: dict[str, Any] = {"epoch": epoch}
         for key, value in (logs or {}).items():
             array = np.asarray(keras.ops.convert_to_numpy(value))
