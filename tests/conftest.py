@@ -74,3 +74,16 @@ def write_images(folder: Path, colors: dict[str, tuple[int, int, int]], per_clas
         for i in range(per_class):
             img = np.clip(np.array(color)[None, None, :] + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
             (folder / name / f"{name}_{i:03d}.png").write_bytes(tf.io.encode_png(img).numpy())
+
+
+def random_pngs(folder: Path) -> list[str]:
+    """Three random-noise PNGs of different sizes (square, portrait, very wide): what predict must accept."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(32, 32), (50, 41), (17, 90)]):
+        path = Path(folder) / f"img{i}.png"
+        path.write_bytes(tf.io.encode_png(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).numpy())
+        paths.append(str(path))
+    return paths

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import run_cli, tiny_recipe
+from conftest import random_pngs, run_cli, tiny_recipe
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +63,9 @@ def test_predict_in_fresh_process_matches_keras_model(trained, tmp_path):
     from tlkit.models.classifier import load_run_model
 
     _, run_dir, export_dir = trained
-    rng = np.random.default_rng(0)
-    paths = []
-    for i, size in enumerate([(32, 32), (50, 41), (17, 90)]):
-        path = tmp_path / f"img{i}.png"
-        path.write_bytes(tf.io.encode_png(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).numpy())
-        paths.append(str(path))
+    paths = random_pngs(tmp_path)
     jpeg = tmp_path / "img3.jpg"
-    jpeg.write_bytes(tf.io.encode_jpeg(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).numpy())
+    jpeg.write_bytes(tf.io.encode_jpeg(np.random.default_rng(1).integers(0, 256, (40, 40, 3), dtype=np.uint8)).numpy())
     paths.append(str(jpeg))
 
     proc = run_cli("predict", str(export_dir.parent), *paths, "--top-k", "4", "--json")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli, tiny_recipe
+from conftest import random_pngs, run_cli, tiny_recipe
 
 pytest.importorskip("ai_edge_litert", reason="needs the export extra: pip install 'tlkit[export]'")
 pytest.importorskip("onnxruntime", reason="needs the export extra: pip install 'tlkit[export]'")
@@ -63,15 +63,7 @@ def test_files_labels_and_cards_travel_together(exports):
 
 
 def _images(tmp_path: Path) -> list[str]:
-    import tensorflow as tf
-
-    rng = np.random.default_rng(0)
-    paths = []
-    for i, size in enumerate([(32, 32), (50, 41), (17, 90)]):
-        path = tmp_path / f"img{i}.png"
-        path.write_bytes(tf.io.encode_png(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).numpy())
-        paths.append(str(path))
-    return paths
+    return random_pngs(tmp_path)
 
 
 def test_one_predict_for_every_format_gives_the_same_top1(run, exports, tmp_path):

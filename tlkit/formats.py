@@ -487,6 +487,7 @@ def onnx_metadata(path: Path) -> dict[str, str]:
 
 
 def _write_onnx(job: ExportJob, folder: Path) -> None:
+    import keras
     import onnx
     import tensorflow as tf
 
@@ -495,7 +496,12 @@ def _write_onnx(job: ExportJob, folder: Path) -> None:
         # Keras's own ONNX path (tf2onnx on a concrete function, with its numpy 2 fixes)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)  # its `np.object` probe
-            job.inference.export(
+            # a functional wrapper that calls the model with training=False: Keras's ONNX path calls it with
+            # training unset, and a node saved with training=True (keras Resizing records one) would then put
+            # every BatchNormalization after it in training mode (batch statistics) in the ONNX graph
+            image = keras.Input((job.size, job.size, 3), name="images")
+            frozen = keras.Model(image, job.inference(image, training=False), name="inference")
+            frozen.export(
                 str(path),
                 format="onnx",
                 verbose=False,

@@ -265,14 +265,23 @@ def _predict_split(ctx: ReportContext, split: str) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(images)[:n], np.concatenate(labels)[:n], np.concatenate(probs)[:n]
 
 
-def classification_figures(ctx: ReportContext) -> list[Figure]:
-    figures = []
-    if "confusion_matrix" in ctx.metrics:
-        split = ctx.metrics.get("split", "test")
-        plot_confusion(np.array(ctx.metrics["confusion_matrix"]), ctx.labels, split, ctx.out / CONFUSION)
-        figures.append(Figure(CONFUSION, "Confusion matrix", f"On the {split} split: rows are the true classes, each sums to 1."))
+def _confusion_figure(ctx: ReportContext, title: str, over: str = "") -> list[Figure]:
+    """The normalized confusion matrix of metrics.json, if the run recorded one."""
+    if "confusion_matrix" not in ctx.metrics:
+        return []
+    split = ctx.metrics.get("split", "test")
+    plot_confusion(np.array(ctx.metrics["confusion_matrix"]), ctx.labels, split, ctx.out / CONFUSION)
+    return [Figure(CONFUSION, title, f"On the {split} split{over}: rows are the true classes, each sums to 1.")]
+
+
+def _eval_split(ctx: ReportContext) -> str | None:
     splits = ctx.bundle().splits
-    split = next((s for s in ("val", "test", "train") if s in splits), None)
+    return next((s for s in ("val", "test", "train") if s in splits), None)
+
+
+def classification_figures(ctx: ReportContext) -> list[Figure]:
+    figures = _confusion_figure(ctx, "Confusion matrix")
+    split = _eval_split(ctx)
     if split is not None:
         images, labels, probs = _predict_split(ctx, split)
         plot_predictions(images, labels, probs, ctx.labels, split, ctx.out / PREDICTIONS)
@@ -294,11 +303,6 @@ register_report("classification", TaskReport(metric="accuracy", figures=classifi
 
 OVERLAYS = "overlays.png"
 OVERLAY_ROWS = 8
-
-
-def _eval_split(ctx: ReportContext) -> str | None:
-    splits = ctx.bundle().splits
-    return next((s for s in ("val", "test", "train") if s in splits), None)
 
 
 def _predict_masks(ctx: ReportContext, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -362,13 +366,7 @@ def plot_overlays(
 
 
 def segmentation_figures(ctx: ReportContext) -> list[Figure]:
-    figures = []
-    if "confusion_matrix" in ctx.metrics:
-        split = ctx.metrics.get("split", "test")
-        plot_confusion(np.array(ctx.metrics["confusion_matrix"]), ctx.labels, split, ctx.out / CONFUSION)
-        figures.append(
-            Figure(CONFUSION, "Pixel confusion matrix", f"On the {split} split, over valid pixels: rows are the true classes, each sums to 1.")
-        )
+    figures = _confusion_figure(ctx, "Pixel confusion matrix", ", over valid pixels")
     split = _eval_split(ctx)
     if split is not None:
         images, truths, preds = _predict_masks(ctx, split)

@@ -109,6 +109,9 @@ def load_run_model(run_dir: "str | Path", unsafe: bool = False) -> keras.Model:
 
 def load_keras_file(path: "str | Path", unsafe: bool = False) -> keras.Model:
     """Load a `.keras` file for inference (no optimizer state), safe mode on unless `unsafe`; failures are one TlkitError line."""
+    import tlkit.models.decoders  # noqa: F401 - registers the decoders' layers for loading
+    import tlkit.models.preprocess  # noqa: F401
+
     try:
         return keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
     except Exception as exc:  # Keras raises ValueError/TypeError/OSError with long texts

@@ -48,6 +48,30 @@ def conv_bn_relu(x: Any, filters: int, name: str, kernel: int = 3, dilation: int
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
+@keras.saving.register_keras_serializable(package="tlkit")
+class BilinearResize(keras.layers.Layer):
+    """Bilinear resize to a fixed size, with no `training` argument.
+
+    keras.layers.Resizing declares `training=True` as its default; Keras then
+    records it in the model graph and carries it into the call context, so a
+    model called without `training` (Keras's ONNX export does that) runs every
+    BatchNormalization after it on batch statistics.
+    """
+
+    def __init__(self, height: int, width: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.height, self.width = int(height), int(width)
+
+    def call(self, x: Any) -> Any:
+        return keras.ops.image.resize(x, (self.height, self.width), interpolation="bilinear")
+
+    def compute_output_shape(self, shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (shape[0], self.height, self.width, shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "height": self.height, "width": self.width}
+
+
 def upsample_to(x: Any, size: tuple[int, int], filters: int, mode: str, name: str) -> Any:
     """To `size`: a 2x transposed conv where the factor is exactly 2 and asked for, else bilinear resize."""
     h, w = _hw(x)
@@ -57,7 +81,7 @@ def upsample_to(x: Any, size: tuple[int, int], filters: int, mode: str, name: st
         x = keras.layers.Conv2DTranspose(filters, 2, strides=2, use_bias=False, name=f"{name}_tconv")(x)
         x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_tbn")(x)
         return keras.layers.ReLU(name=f"{name}_trelu")(x)
-    return keras.layers.Resizing(size[0], size[1], interpolation="bilinear", name=f"{name}_resize")(x)
+    return BilinearResize(size[0], size[1], name=f"{name}_resize")(x)
 
 
 def _logits(x: Any, input_size: int, num_classes: int, cfg: Decoder) -> Any:
