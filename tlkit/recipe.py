@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
@@ -21,9 +22,9 @@ RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 class _Strict(BaseModel):
-    """Unknown keys are errors: a typo must never be silently ignored."""
+    """Unknown keys are errors: a typo must never be silently ignored; so is an infinite or NaN number."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 PositiveInt = Field(gt=0)
@@ -360,7 +361,12 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str) and value == raw.strip() and _EXPONENT_FLOAT.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads 1e-05 (no dot) as text; it is the number the user typed
     return key, value
+
+
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def apply_override(data: dict[str, Any], key: str, value: Any) -> None:

@@ -33,16 +33,24 @@ BACKUP = "backup"
 
 
 def is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC (or a quota) from Python, h5py or TensorFlow's file layer, which each say it differently."""
+    """ENOSPC (or a quota) from Python, h5py or TensorFlow's file layer, which each say it differently.
+
+    Also tlkit's own `disk_full_error`, so an outer writer (an export folder) can name its own path instead.
+    """
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(exc)
+    if isinstance(exc, TlkitError) and text.startswith(_DISK_FULL):
+        return True
     return "No space left on device" in text or "Disk quota exceeded" in text
+
+
+_DISK_FULL = "no space left on the device while writing"
 
 
 def disk_full_error(path: str | os.PathLike[str]) -> TlkitError:
     return TlkitError(
-        f"no space left on the device while writing {os.fspath(path)}: free some space or choose another folder, "
+        f"{_DISK_FULL} {os.fspath(path)}: free some space or choose another folder, "
         "then run again (files written before are unchanged)"
     )
 
