@@ -117,45 +117,30 @@ def _zero_padding_geometry(layer, ins, outs) -> Geometry:
     return Geometry(padding=text, shown=False)
 
 
-def _conv_macs(layer, ins, outs) -> int | None:
-    c = layer.get_config()
-    kh, kw = _pair(c["kernel_size"])
-    positions = _prod(_spatial(outs[0]))
-    cin = ins[0][-1]
-    if positions is None or cin is None:
-        return None
-    return positions * kh * kw * (int(cin) // int(c.get("groups", 1))) * int(c["filters"])
+def _kernel_macs(per_position: Callable[[dict[str, Any], int, int], int], at_input: bool = False) -> Callable[..., int | None]:
+    """Multiply-adds of a kernel layer: its output (or, transposed, input) positions x `per_position(config, taps, c_in)`."""
+
+    def macs(layer, ins, outs) -> int | None:
+        c = layer.get_config()
+        kh, kw = _pair(c["kernel_size"])
+        positions = _prod(_spatial(ins[0] if at_input else outs[0]))
+        cin = ins[0][-1]
+        if positions is None or cin is None:
+            return None
+        return positions * per_position(c, kh * kw, int(cin))
+
+    return macs
 
 
-def _depthwise_macs(layer, ins, outs) -> int | None:
-    c = layer.get_config()
-    kh, kw = _pair(c["kernel_size"])
-    positions = _prod(_spatial(outs[0]))
-    cin = ins[0][-1]
-    if positions is None or cin is None:
-        return None
-    return positions * kh * kw * int(cin) * int(c.get("depth_multiplier", 1))
+def _separable(c: dict[str, Any], taps: int, cin: int) -> int:
+    mid = cin * int(c.get("depth_multiplier", 1))
+    return taps * mid + mid * int(c["filters"])
 
 
-def _separable_macs(layer, ins, outs) -> int | None:
-    c = layer.get_config()
-    kh, kw = _pair(c["kernel_size"])
-    positions = _prod(_spatial(outs[0]))
-    cin = ins[0][-1]
-    if positions is None or cin is None:
-        return None
-    mid = int(cin) * int(c.get("depth_multiplier", 1))
-    return positions * (kh * kw * mid + mid * int(c["filters"]))
-
-
-def _transpose_macs(layer, ins, outs) -> int | None:
-    c = layer.get_config()
-    kh, kw = _pair(c["kernel_size"])
-    positions = _prod(_spatial(ins[0]))
-    cin = ins[0][-1]
-    if positions is None or cin is None:
-        return None
-    return positions * kh * kw * int(cin) * int(c["filters"])
+_conv_macs = _kernel_macs(lambda c, taps, cin: taps * (cin // int(c.get("groups", 1))) * int(c["filters"]))
+_depthwise_macs = _kernel_macs(lambda c, taps, cin: taps * cin * int(c.get("depth_multiplier", 1)))
+_separable_macs = _kernel_macs(_separable)
+_transpose_macs = _kernel_macs(lambda c, taps, cin: taps * cin * int(c["filters"]), at_input=True)
 
 
 def _dense_macs(layer, ins, outs) -> int | None:
