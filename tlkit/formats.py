@@ -249,8 +249,8 @@ class Tolerance:
 TOLERANCES: dict[str, Tolerance] = {
     "none": Tolerance(max_abs=1e-3, mean_abs=1e-4, min_top1=1.0, clear_margin=2e-3),
     "float16": Tolerance(max_abs=0.06, mean_abs=0.005, min_top1=0.9, clear_margin=0.12),
-    "dynamic": Tolerance(max_abs=0.75, mean_abs=0.06, min_top1=0.75, clear_margin=0.6),
-    "int8": Tolerance(max_abs=0.75, mean_abs=0.08, min_top1=0.75, clear_margin=0.6),
+    "dynamic": Tolerance(max_abs=0.75, mean_abs=0.06, min_top1=0.75, clear_margin=0.75),
+    "int8": Tolerance(max_abs=0.75, mean_abs=0.08, min_top1=0.75, clear_margin=0.75),
 }
 
 
