@@ -23,6 +23,14 @@ from conftest import run_cli, tiny_recipe
 pytestmark = pytest.mark.slow
 
 
+def _restore_sigint() -> None:
+    """A child inherits its parent's ignored signals and blocked-signal mask (a background job of a
+    non-interactive shell, as CI may be, ignores SIGINT); a user's terminal does neither, so the child
+    gets Python's usual Ctrl-C handling back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def _start(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "tlkit.cli", *args],
@@ -30,6 +38,7 @@ def _start(*args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        preexec_fn=_restore_sigint,
     )
 
 
