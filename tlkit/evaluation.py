@@ -80,18 +80,19 @@ def evaluate(
         from tlkit import formats
 
         try:
-            formats.locate(target)
+            fmt, model_path = formats.locate(target)
         except TlkitError:
             raise TlkitError(
                 f"'{target}' is neither a run directory (it has no {runs.RECIPE}) nor an export "
                 "(SavedModel folder, .tflite/.onnx file, or a model folder of numbered versions)"
             ) from None
-        _, model_path, runner = formats.load_runner(target)  # any export format, on its own engine
         folder = formats.export_folder(model_path)
         if not (folder / "metadata.json").is_file():
             raise TlkitError(f"{folder} has no metadata.json: evaluate needs the whole export folder, not the model file alone")
         recipe = load_export_recipe(folder)
         labels = formats.read_labels(model_path)
+        formats.require(fmt)
+        runner = fmt.load(model_path)  # any export format, on its own engine
 
         def fn(images: tf.Tensor) -> np.ndarray:
             return runner(np.asarray(images))

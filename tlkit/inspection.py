@@ -500,7 +500,6 @@ def load_target(
     if path.suffix == ".keras":
         if not path.is_file():
             raise TlkitError(f"model file '{path}' does not exist")
-        import tlkit.models.preprocess  # noqa: F401 - registers the Preprocess layer for loading
         from tlkit.models.classifier import load_keras_file
 
         return load_keras_file(path, unsafe=unsafe), f"model file {path}"

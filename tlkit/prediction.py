@@ -92,10 +92,12 @@ def _segmenter(runner: formats.Runner) -> Callable[[bytes], np.ndarray]:
         return lambda data: serve(image_bytes=tf.constant([data]))["classes"].numpy()[0]
 
     from tlkit.data.decode import decode_image
+    from tlkit.data.pipeline import resize_image
 
     def segment(data: bytes) -> np.ndarray:
-        height, width = decode_image(tf.constant(data)).shape[:2]
-        probs = runner.encoded([data])[0]  # [S, S, classes] at the model's input size
+        image = decode_image(tf.constant(data))  # decoded once: its size, and the model's input
+        probs = runner(resize_image(image, runner.size)[None].numpy())[0]  # [S, S, classes] at the input size
+        height, width = image.shape[:2]
         return np.argmax(tf.image.resize(probs, (height, width), method="bilinear").numpy(), axis=-1).astype(np.int32)
 
     return segment
