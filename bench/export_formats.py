@@ -158,16 +158,15 @@ def main() -> int:
 
     from tlkit import formats, runs
     from tlkit.data.pipeline import make_pipeline
-    from tlkit.data.sources import load_data
     from tlkit.exporting import export_run
     from tlkit.model_card import write_model_card
-    from tlkit.models.classifier import input_size, load_run_model
-    from tlkit.recipe import load_recipe
+    from tlkit.models.stages import input_size, load_run_model
+    from tlkit.tasks import load_data, load_recipe
 
     run_dir = Path(args.run_dir) if args.run_dir else train(out, args.set)
     recipe = load_recipe(run_dir / runs.RECIPE)
     size = input_size(recipe)
-    bundle = load_data(recipe.data, recipe.seed, progress=False)
+    bundle = load_data(recipe, progress=False)
     val = bundle.splits["val"]
     pairs = [(x.numpy(), y.numpy()) for x, y in make_pipeline(val, size, len(bundle.class_names), 256)]
     images = np.concatenate([p[0] for p in pairs]).astype(np.float32)

@@ -108,7 +108,7 @@ def tlkit_run(tmp: Path, overrides: list[str]) -> dict:
 def input_seconds_per_epoch(train, overrides: list[str]) -> float:
     """One epoch of tlkit's training input alone (decoded images cached, augmentation on), no model."""
     from tlkit.data.pipeline import make_pipeline
-    from tlkit.recipe import load_recipe
+    from tlkit.tasks import load_recipe
 
     rec = load_recipe(ROOT / "recipes" / "flowers_mobilenet.yaml", overrides)
     ds = make_pipeline(train, SIZE, 5, rec.train.batch_size, training=True, augment=rec.data.augment, seed=SEED)
@@ -130,10 +130,9 @@ def main() -> int:
         print(f"needs {FLOWERS} and {WEIGHTS} (../shared/data)", file=sys.stderr)
         return 2
 
-    from tlkit.data.sources import load_data
-    from tlkit.recipe import Data
+    from tlkit.tasks import load_data, load_recipe
 
-    bundle = load_data(Data(source=str(FLOWERS), val_fraction=0.2), SEED, progress=False)
+    bundle = load_data(load_recipe({"seed": SEED, "data": {"source": str(FLOWERS), "val_fraction": 0.2}}), progress=False)
     train, val = bundle.splits["train"], bundle.splits["val"]
     report: dict = {"train_images": train.size, "val_images": val.size}
     if not args.skip_baseline:

@@ -71,7 +71,7 @@ def baseline(train_pairs, val_pairs, epochs: int) -> dict:
     import keras
     import tensorflow as tf
 
-    from tlkit.segmentation.evaluation import evaluate_batches
+    from tlkit.tasks.segmentation.metrics import evaluate_batches
 
     def load(image_path, mask_path):
         image = tf.io.decode_image(tf.io.read_file(image_path), channels=3, expand_animations=False)
@@ -126,11 +126,10 @@ def main() -> int:
         print(f"needs {PETS} and {WEIGHTS} (../shared/data)", file=sys.stderr)
         return 2
 
-    from tlkit.data.sources import load_data
-    from tlkit.recipe import load_recipe
+    from tlkit.tasks import load_data, load_recipe
 
     rec = load_recipe(RECIPE, {"data.source": str(PETS)})
-    bundle = load_data(rec.data, rec.seed, progress=False, task="segmentation")
+    bundle = load_data(rec, progress=False)
     masks = {Path(p).stem: str(PETS / "masks" / f"{Path(p).stem}.png") for p in (PETS / "images").iterdir()}
     pairs = {k: [(p, masks[Path(p).stem]) for p in s.paths] for k, s in bundle.splits.items()}
     report: dict = {"train_images": len(pairs["train"]), "val_images": len(pairs["val"]), "skipped": len(bundle.skipped)}

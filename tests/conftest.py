@@ -87,3 +87,11 @@ def random_pngs(folder: Path) -> list[str]:
         path.write_bytes(tf.io.encode_png(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).numpy())
         paths.append(str(path))
     return paths
+
+
+def load_data(data, seed: int, progress: bool = False, task: str = "classification"):
+    """A data section read in a task's layout (tests pass sections, not whole recipes)."""
+    from tlkit.data.sources import load_data as load
+    from tlkit.tasks import get_task
+
+    return load(data, seed, get_task(task), progress=progress)

@@ -1,8 +1,14 @@
-"""Backbone registry: every entry builds, its skip layers sit at the strides it claims, errors are one clear line."""
+"""Backbone registry: every entry builds, its skip layers sit at the strides it claims, errors are one clear line.
+
+The shared harness (`HARNESS`) is parametrized from the registry itself, so an entry
+registered tomorrow is checked by every harness test without editing this file;
+`KNOWN` only pins published numbers (channels, output sides) of entries we know.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 import socket
 from pathlib import Path
 
@@ -15,41 +21,23 @@ from tlkit.models.backbones import (
     REGISTRY,
     BackboneSpec,
     build_backbone,
+    can_feed_decoder,
     count_params,
     get_backbone,
+    is_pretrained,
     keras_models_dir,
     list_backbones,
     register_backbone,
+    resolve_weights,
     skip_layer_outputs,
+    skip_refs,
     validate_model,
 )
 from tlkit.models.preprocess import MODES, Preprocess
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MOBILENET_025 = SHARED_DATA / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
-
-# channels of the stride-32 feature map with default options
-CHANNELS = {
-    "scratch": 128,
-    "mobilenet": 1024,
-    "mobilenet_v2": 1280,
-    "mobilenet_v3_small": 576,
-    "mobilenet_v3_large": 960,
-    "efficientnet_b0": 1280,
-    "efficientnet_b1": 1280,
-    "efficientnet_b2": 1408,
-    "efficientnet_b3": 1536,
-    "efficientnet_v2_b0": 1280,
-    "efficientnet_v2_b1": 1280,
-    "resnet50": 2048,
-    "resnet50_v2": 2048,
-    "convnext_tiny": 768,
-    "densenet121": 1024,
-    "xception": 2048,
-    "inception_v3": 2048,
-}
-# what Keras gives at the test size max(64, min_size): 64 -> 2x2; Xception at 71 -> 3x3; InceptionV3 at 75 -> 1x1
-OUT_SIDE = {"xception": 3, "inception_v3": 1, "scratch": 8}
+TLKIT = Path(__file__).resolve().parents[1] / "tlkit"
 
 _BUILT: dict[str, keras.Model] = {}
 
@@ -65,42 +53,192 @@ def _built(name: str) -> keras.Model:
     return _BUILT[name]
 
 
-def test_registry_has_the_promised_backbones():
-    names = {spec.name for spec in list_backbones()}
-    assert set(CHANNELS) <= names
-    for spec in list_backbones():
-        assert spec.name == spec.name.lower()
-        assert spec.preprocess in MODES
-        assert spec.min_size <= spec.default_size
-        assert len(spec.skip_layers) == len(spec.skip_strides)
-        assert list(spec.skip_strides) == sorted(spec.skip_strides) and set(spec.skip_strides) <= {2, 4, 8, 16}
-    assert get_backbone("xception").default_size == 299 and get_backbone("efficientnet_b3").default_size == 300
+# ----------------------------------------------------------------------------- the shared harness
 
 
-@pytest.mark.parametrize("name", sorted(CHANNELS))
-def test_backbone_builds_and_skips_sit_at_their_strides(name):
+def harness_names() -> list[str]:
+    """What the harness runs on: every registered entry, read from the registry (no list in this file)."""
+    return [spec.name for spec in list_backbones()]
+
+
+HARNESS = pytest.mark.parametrize("name", harness_names())
+
+
+@HARNESS
+def test_entry_is_well_formed(name):
+    spec = get_backbone(name)
+    assert spec.name == spec.name.lower() and get_backbone(spec.name.upper()) is spec
+    assert spec.preprocess in MODES
+    assert 0 < spec.min_size <= spec.default_size
+    assert spec.default_weights in ("imagenet", "none") and (spec.pretrained or spec.default_weights == "none")
+    assert resolve_weights(name, None) == spec.default_weights
+    assert is_pretrained(name, None) == (spec.default_weights == "imagenet")
+    assert not is_pretrained(name, "none")
+    strides = [skip.stride for skip in skip_refs(spec)]
+    assert all(s > 0 for s in strides) and strides == sorted(set(strides))
+    reason = can_feed_decoder(spec)
+    assert (reason is None) == bool(strides)
+    assert reason is None or (reason and "\n" not in reason)
+
+
+@HARNESS
+def test_entry_builds_a_4d_feature_map(name):
     spec = get_backbone(name)
     size = _test_size(spec)
     model = _built(name)
     assert model.name == "backbone"
-    side = OUT_SIDE.get(name, 2)
-    assert tuple(model.output.shape) == (None, side, side, CHANNELS[name])
+    shape = tuple(model.output.shape)
+    assert len(shape) == 4 and shape[0] is None and shape[-1] > 0 and shape[1] == shape[2] and shape[1] > 0
     features = model(np.zeros((1, size, size, 3), "float32"), training=False)
-    assert tuple(features.shape) == (1, side, side, CHANNELS[name])
+    assert tuple(features.shape) == (1, *shape[1:])
 
+
+@HARNESS
+def test_entry_skips_resolve_at_their_strides(name):
+    """Asked from the entry (skip_refs / skip_layer_outputs), never read off its fields."""
+    spec = get_backbone(name)
+    size = _test_size(spec)
+    model = _built(name)
+    refs = skip_refs(spec)
     skips = skip_layer_outputs(model, spec)
-    # the default scratch blocks pool by 2 three times: skips before each pool, at strides 1, 2, 4
-    strides = (1, 2, 4) if name == "scratch" else spec.skip_strides
-    assert len(skips) == len(strides)
-    for tensor, stride in zip(skips, strides):
+    assert len(skips) == len(refs)
+    for tensor, (ref, stride) in zip(skips, refs):
+        assert len(tensor.shape) == 4 and tensor.shape[-1] > 0, ref
         h, w = tensor.shape[1:3]
         assert h == w
         if spec.aligned:
-            assert h == size // stride, (name, stride, h)
+            assert h == size // stride, (name, ref, stride, h)
         else:  # 'valid' convolutions: a few pixels under input/stride
-            assert size / stride - 4 <= h <= math.ceil(size / stride), (name, stride, h)
+            assert size / stride - 4 <= h <= math.ceil(size / stride), (name, ref, stride, h)
     sides = [t.shape[1] for t in skips]
     assert sides == sorted(sides, reverse=True) and (not sides or sides[-1] > model.output.shape[1])
+
+
+@HARNESS
+def test_entry_too_small_input_fails_in_one_line(name):
+    spec = get_backbone(name)
+    with pytest.raises(TlkitError) as err:
+        build_backbone(name, spec.min_size - 1, "none")
+    text = str(err.value)
+    assert "\n" not in text and "model.input_size" in text, text
+
+
+@HARNESS
+def test_entry_unknown_option_names_what_it_takes(name):
+    spec = get_backbone(name)
+    with pytest.raises(TlkitError) as err:
+        validate_model(name, _test_size(spec), {"no_such_option": 1}, "none")
+    text = str(err.value)
+    assert "\n" not in text and f"'no_such_option' is not available for {spec.name}; it takes: " in text
+    takes = text.split("it takes: ", 1)[1]
+    assert all(option in takes for option in spec.options) and (spec.options or takes.startswith("(none)"))
+    if spec.configured_by != "model.options":
+        assert f"configured by {spec.configured_by}" in text
+
+
+def _tiny_build(spec, input_size, weights, options, blocks):
+    """A three-conv toy: stride 2, 4, then 8 at the output."""
+    width = int(options.get("width", 4))
+    inputs = keras.Input((input_size, input_size, 3))
+    x = keras.layers.Conv2D(width, 3, strides=2, padding="same", activation="relu", name="tiny_c1")(inputs)
+    x = keras.layers.Conv2D(width, 3, strides=2, padding="same", activation="relu", name="tiny_c2")(x)
+    x = keras.layers.Conv2D(2 * width, 3, strides=2, padding="same", name="tiny_out")(x)
+    return keras.Model(inputs, x, name="tiny")  # build_backbone renames it
+
+
+HARNESS_TESTS = (
+    test_entry_is_well_formed,
+    test_entry_builds_a_4d_feature_map,
+    test_entry_skips_resolve_at_their_strides,
+    test_entry_too_small_input_fails_in_one_line,
+    test_entry_unknown_option_names_what_it_takes,
+)
+
+
+def test_a_registered_toy_backbone_joins_the_harness():
+    spec = BackboneSpec(
+        "tiny_test_net", None, "unit", 32, 16, ("tiny_c1", "tiny_c2"),
+        options=("width",), skip_strides=(2, 4), default_weights="none", pretrained=False, build=_tiny_build,
+    )
+    assert "tiny_test_net" not in harness_names()
+    try:
+        register_backbone(spec)
+        assert get_backbone("Tiny-Test-Net") is spec
+        assert harness_names()[-1] == "tiny_test_net"  # what HARNESS is computed from at collection
+        for test in HARNESS_TESTS:
+            test("tiny_test_net")
+        assert tuple(_built("tiny_test_net").output.shape) == (None, 8, 8, 8)
+        assert build_backbone(spec, 32, None, {"width": 2}).output.shape[-1] == 4
+        with pytest.raises(TlkitError, match="backbone 'tiny_test_net' has no pretrained weights"):
+            validate_model(spec, 32, {}, "imagenet")
+    finally:
+        REGISTRY.pop("tiny_test_net", None)
+        _BUILT.pop("tiny_test_net", None)
+    assert "tiny_test_net" not in harness_names()
+
+
+def test_no_tlkit_code_dispatches_on_a_backbone_name():
+    """What differs per backbone is a hook or a field of its entry: no `== "scratch"` anywhere in tlkit."""
+    names = "|".join(re.escape(spec.name) for spec in list_backbones())
+    quoted = rf"""['"]({names})['"]"""
+    pattern = re.compile(rf"""(==|!=)\s*{quoted}|{quoted}\s*(==|!=)|\bin\s*[(\[{{][^)\]}}]*{quoted}""")
+    hits = [
+        f"{path.relative_to(TLKIT.parent)}:{n}: {line.strip()}"
+        for path in sorted(TLKIT.rglob("*.py"))
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert not hits, "\n".join(hits)
+
+
+# ----------------------------------------------------------------------------- known values of known entries
+
+# channels and side of the output at the test size max(64, min_size) with default options:
+# 64 -> 2x2; Xception at 71 -> 3x3; InceptionV3 at 75 -> 1x1; scratch (three 2x pools) 64 -> 8x8
+KNOWN = {
+    "scratch": (128, 8),
+    "mobilenet": (1024, 2),
+    "mobilenet_v2": (1280, 2),
+    "mobilenet_v3_small": (576, 2),
+    "mobilenet_v3_large": (960, 2),
+    "efficientnet_b0": (1280, 2),
+    "efficientnet_b1": (1280, 2),
+    "efficientnet_b2": (1408, 2),
+    "efficientnet_b3": (1536, 2),
+    "efficientnet_v2_b0": (1280, 2),
+    "efficientnet_v2_b1": (1280, 2),
+    "resnet50": (2048, 2),
+    "resnet50_v2": (2048, 2),
+    "convnext_tiny": (768, 2),
+    "densenet121": (1024, 2),
+    "xception": (2048, 3),
+    "inception_v3": (2048, 1),
+}
+
+
+def test_registry_has_the_promised_backbones():
+    assert set(KNOWN) <= set(harness_names())
+    assert get_backbone("xception").default_size == 299 and get_backbone("efficientnet_b3").default_size == 300
+    for spec in list_backbones():  # the fixed-layer entries keep to the decoder convention
+        if spec.skip_layers:
+            assert set(spec.skip_strides) <= {2, 4, 8, 16}
+    assert [s.stride for s in skip_refs("scratch")] == [1, 2, 4]  # the default blocks pool by 2 three times
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN))
+def test_known_output_shapes(name):
+    channels, side = KNOWN[name]
+    assert tuple(_built(name).output.shape) == (None, side, side, channels)
+
+
+def test_weights_default_and_pretrained_policy(tmp_path):
+    assert resolve_weights("mobilenet", None) == "imagenet" and resolve_weights("scratch", None) == "none"
+    assert resolve_weights("MobileNet", "ImageNet") == "imagenet" and resolve_weights("resnet50", "NONE") == "none"
+    assert resolve_weights("resnet50", tmp_path / "w.h5") == str(tmp_path / "w.h5")
+    assert is_pretrained("mobilenet", None) and is_pretrained("mobilenet", "imagenet") and is_pretrained("resnet50", "w.h5")
+    assert not is_pretrained("mobilenet", "none") and not is_pretrained("scratch", None)
+    assert not is_pretrained("scratch", "w.h5")  # a file the stack saved: its BatchNorm still learns
+    assert can_feed_decoder("inception_v3") is None  # two skips are enough for the decoders (they resize)
 
 
 def test_aliases_and_case_insensitive_lookup():
@@ -189,34 +327,6 @@ def test_imagenet_offline_fails_fast_naming_the_file(monkeypatch):
     assert "mobilenet_2_5_128_tf_no_top.h5" in text
     assert "model.weights: PATH" in text and ".keras" in text and "\n" not in text
     assert socket.getdefaulttimeout() is None  # the download timeout does not leak
-
-
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # from Keras' own saving code
-def test_scratch_through_the_registry(tmp_path):
-    from tlkit.recipe import ScratchBlock
-
-    blocks = [ScratchBlock(filters=8), ScratchBlock(filters=16, pool="none")]
-    model = build_backbone("scratch", 32, "none", {}, blocks=blocks)
-    assert model.name == "backbone" and tuple(model.output.shape) == (None, 16, 16, 16)
-    assert [t.shape[1] for t in skip_layer_outputs(model, "scratch", blocks)] == [32]
-    with pytest.raises(TlkitError, match="no pretrained weights"):
-        build_backbone("scratch", 32, "imagenet", blocks=blocks)
-    with pytest.raises(TlkitError, match="configured by model.blocks"):
-        build_backbone("scratch", 32, "none", {"alpha": 1.0}, blocks=blocks)
-    # a weights file the same stack saved loads back
-    path = tmp_path / "scratch.weights.h5"
-    model.save_weights(path)
-    again = build_backbone("scratch", 32, str(path), blocks=blocks)
-    np.testing.assert_array_equal(again.get_layer("block1_conv").kernel.numpy(), model.get_layer("block1_conv").kernel.numpy())
-
-
-def test_register_backbone_adds_one_entry():
-    spec = BackboneSpec("tiny_test_net", keras.applications.MobileNet, "tf", 96, 32, (), skip_strides=())
-    try:
-        register_backbone(spec)
-        assert get_backbone("Tiny-Test-Net") is spec
-    finally:
-        REGISTRY.pop("tiny_test_net", None)
 
 
 def test_count_params_is_cached():

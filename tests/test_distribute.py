@@ -54,7 +54,7 @@ def single(tmp_path_factory, tfds_dir):
 
 def test_two_workers_match_single_process_and_resume(single, tmp_path, tfds_dir, monkeypatch):
     """2 workers on 127.0.0.1: interrupted after an epoch, resumed from the chief's backup; only the chief writes."""
-    from tlkit.train import read_history
+    from tlkit.runs import read_history
     from tlkit.workers import local_cluster
 
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))  # where the other worker keeps its scratch copy
@@ -70,13 +70,13 @@ def test_two_workers_match_single_process_and_resume(single, tmp_path, tfds_dir,
     stop_after_first_epoch = textwrap.dedent(
         """
         import sys
-        from tlkit import train
-        original = train._ResumePoint.on_epoch_end  # the last callback of an epoch: epoch 0 is fully recorded
+        from tlkit.train import callbacks
+        original = callbacks.ResumePoint.on_epoch_end  # the last callback of an epoch: epoch 0 is fully recorded
         def stop(self, epoch, logs=None):
             original(self, epoch, logs)
             if epoch == 0:
                 raise KeyboardInterrupt
-        train._ResumePoint.on_epoch_end = stop
+        callbacks.ResumePoint.on_epoch_end = stop
         from tlkit.cli import cli
         cli(sys.argv[1:], prog_name="tlkit")
         """
@@ -144,8 +144,8 @@ def test_mixed_float16_trains_with_float32_logits_and_leaves_no_global_policy(tm
 
     import tlkit
     from tlkit.distribute import precision
-    from tlkit.models.classifier import build_classifier
-    from tlkit.recipe import load_recipe
+    from tlkit.models.heads import build_classifier
+    from tlkit.tasks import load_recipe
 
     rec = load_recipe(_recipe(tfds_dir, tmp_path, 32))
     with precision("mixed_float16"):
@@ -165,8 +165,8 @@ def test_mixed_float16_trains_with_float32_logits_and_leaves_no_global_policy(tm
 
 def test_segmenter_logits_stay_float32_under_mixed_bfloat16(tmp_path, tfds_dir):
     from tlkit.distribute import precision
-    from tlkit.models.segmenter import build_segmenter
-    from tlkit.recipe import load_recipe
+    from tlkit.tasks.segmentation.model import build_segmenter
+    from tlkit.tasks import load_recipe
 
     rec = load_recipe(_recipe(tfds_dir, tmp_path, 8), {"task": "segmentation"})
     with precision("mixed_bfloat16"):
@@ -176,7 +176,7 @@ def test_segmenter_logits_stay_float32_under_mixed_bfloat16(tmp_path, tfds_dir):
 
 def test_global_batch_and_learning_rate_rule(tfds_dir, tmp_path):
     from tlkit.distribute import Placement
-    from tlkit.recipe import load_recipe
+    from tlkit.tasks import load_recipe
 
     class FourReplicas:  # stands in for a strategy: only its replica count matters here
         num_replicas_in_sync = 4

@@ -60,7 +60,7 @@ def test_predict_in_fresh_process_matches_keras_model(trained, tmp_path):
 
     from tlkit.data.decode import decode_image
     from tlkit.data.pipeline import resize_image
-    from tlkit.models.classifier import load_run_model
+    from tlkit.models.stages import load_run_model
 
     _, run_dir, export_dir = trained
     paths = random_pngs(tmp_path)
@@ -117,7 +117,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
 def test_resume_after_interruption(tmp_path, tfds_dir, monkeypatch):
     """Interrupt in the middle of stage 2; --resume finishes the run without redoing epochs."""
     import tlkit
-    from tlkit.train import _HistoryCSV
+    from tlkit.train.callbacks import HistoryCSV
 
     recipe = tiny_recipe(tfds_dir, tmp_path)
     recipe["train"]["stages"] = [
@@ -125,20 +125,20 @@ def test_resume_after_interruption(tmp_path, tfds_dir, monkeypatch):
         {"name": "b", "epochs": 2, "learning_rate": 0.001, "optimizer": "sgd"},
     ]
     recipe["export"]["enabled"] = False
-    original = _HistoryCSV.on_epoch_end
+    original = HistoryCSV.on_epoch_end
 
     def interrupt_at_epoch_2(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(_HistoryCSV, "on_epoch_end", interrupt_at_epoch_2)
+    monkeypatch.setattr(HistoryCSV, "on_epoch_end", interrupt_at_epoch_2)
     run_dir = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         tlkit.finetune(recipe, run_dir=run_dir, quiet=True)
     assert not (run_dir / "metrics.json").exists()
     assert json.loads((run_dir / "state.json").read_text())["completed_stages"] == 1
-    monkeypatch.setattr(_HistoryCSV, "on_epoch_end", original)
+    monkeypatch.setattr(HistoryCSV, "on_epoch_end", original)
 
     result = tlkit.finetune(resume=run_dir, quiet=True)
     assert [int(r["epoch"]) for r in result.history] == [0, 1, 2, 3]
@@ -172,8 +172,8 @@ def test_extract_from_run_and_export_agree(trained, tmp_path, tfds_dir):
 def test_frozen_stage_trains_only_the_head(tmp_path, tfds_dir, cache):
     """unfreeze: none keeps the backbone bit-identical, cached features or not, and still learns."""
     import tlkit
-    from tlkit.models.classifier import build_classifier
-    from tlkit.recipe import load_recipe
+    from tlkit.models.heads import build_classifier
+    from tlkit.tasks import load_recipe
 
     recipe = tiny_recipe(tfds_dir, tmp_path)
     recipe["train"]["cache_features"] = cache

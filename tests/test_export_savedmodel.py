@@ -33,7 +33,7 @@ def keras_probabilities(run_dir: Path, images: np.ndarray) -> np.ndarray:
     import tensorflow as tf
 
     from tlkit.data.pipeline import resize_image
-    from tlkit.models.classifier import load_run_model
+    from tlkit.models.stages import load_run_model
 
     model = load_run_model(run_dir)
     return tf.nn.softmax(model(resize_image(images, 32), training=False)).numpy()

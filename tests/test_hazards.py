@@ -19,7 +19,7 @@ import yaml
 from PIL import Image
 
 from conftest import run_cli, tiny_recipe
-from tlkit.data.sources import load_data
+from conftest import load_data
 from tlkit.errors import TlkitError
 from tlkit.recipe import Data
 
@@ -262,7 +262,8 @@ def test_strict_mode_stops_before_training_and_writes_nothing(hazard_folder, tmp
         ({"model.head.dropout": -0.5}, ["'model.head.dropout' = -0.5", "greater than or equal to 0"]),
         ({"data.val_fraction": 1.5}, ["'data.val_fraction' = 1.5", "less than 1"]),
         ({"model.input_size": 0}, ["'model.input_size' = 0", "greater than 0"]),
-        ({"model.input_size": 2}, ["scratch needs input_size >= 8, got 2", "model.input_size"]),
+        # scratch's smallest input follows its blocks: the first block whose map would vanish is named
+        ({"model.input_size": 2}, ["scratch block 2: max pooling 2 (stride 2) on 1x1 gives 0x0", "model.input_size"]),
         (
             {"model.input_size": 8, "model.blocks.1.padding": "valid", "model.blocks.1.kernel_size": 7},
             ["scratch block 2: input 4x4 with kernel 7", "gives 0x0", "raise input_size (model.input_size)"],
@@ -290,7 +291,7 @@ def test_bad_recipe_is_one_line_naming_field_value_and_what_is_allowed(tmp_path,
 
 
 def test_relative_input_paths_resolve_against_the_recipe_folder(tmp_path):
-    from tlkit.recipe import load_recipe
+    from tlkit.tasks import load_recipe
 
     (tmp_path / "cfg").mkdir()
     (tmp_path / "cfg" / "r.yaml").write_text(
@@ -304,7 +305,7 @@ def test_relative_input_paths_resolve_against_the_recipe_folder(tmp_path):
 
 
 def test_recipe_yaml_is_loaded_safely(tmp_path):
-    from tlkit.recipe import load_recipe
+    from tlkit.tasks import load_recipe
 
     marker = tmp_path / "ran"
     (tmp_path / "evil.yaml").write_text(f"name: !!python/object/apply:os.system ['touch {marker}']\n")
@@ -368,4 +369,4 @@ def test_no_pickle_or_unsafe_loading_in_the_package():
         for banned in ("import pickle", "cPickle", "allow_pickle=True", "yaml.load(", "unsafe_load", "yaml.Loader", "marshal."):
             assert banned not in text, (path, banned)
         if "safe_mode=" in text:
-            assert "safe_mode=not unsafe" in text and path.name == "classifier.py", path
+            assert "safe_mode=not unsafe" in text and path.name == "stages.py", path

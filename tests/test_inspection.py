@@ -178,7 +178,7 @@ def test_gradcam_is_highest_over_the_shape(shapes_model, tfds_dir, tmp_path):
 
     from tlkit.data import shapes
     from tlkit.inspection import gradcam, inspect_model
-    from tlkit.models.classifier import load_run_model
+    from tlkit.models.stages import load_run_model
 
     model = load_run_model(shapes_model)
     builder = shapes.prepare("default", data_dir=str(tfds_dir))

@@ -262,6 +262,49 @@ def test_full_disk_during_training_keeps_the_last_resume_point_and_resume_finish
     assert (run_dir / runs.METRICS).is_file() and not backup.exists()
 
 
+def test_atomic_folder_swaps_a_folder_in_whole_or_leaves_everything_as_it_was(tmp_path, monkeypatch):
+    final = tmp_path / "out" / "report"
+
+    def names() -> list[str]:
+        return sorted(p.name for p in final.parent.iterdir())
+
+    with runs.atomic_folder(final) as tmp:
+        assert tmp.parent == final.parent and tmp.name == f".tmp-report-{os.getpid()}" and not final.exists()
+        (tmp / "a.txt").write_text("one")
+    assert names() == ["report"] and sorted(os.listdir(final)) == ["a.txt"]
+    with pytest.raises(TlkitError, match="already exists"):
+        with runs.atomic_folder(final):
+            pass
+    for exc in (RuntimeError("boom"), KeyboardInterrupt()):  # a failure or Ctrl-C while filling it
+        with pytest.raises(type(exc)):
+            with runs.atomic_folder(final, replace=True) as tmp:
+                (tmp / "b.txt").write_text("two")
+                raise exc
+        assert names() == ["report"] and sorted(os.listdir(final)) == ["a.txt"]
+    with pytest.raises(TlkitError) as err:  # a full disk names the final folder, not the temporary one
+        with runs.atomic_folder(final, replace=True) as tmp:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp / "big.bin"))
+    assert str(err.value).startswith(f"no space left on the device while writing {final}:") and ".tmp" not in str(err.value)
+    assert names() == ["report"] and sorted(os.listdir(final)) == ["a.txt"]
+
+    real_replace = os.replace
+
+    def replace(src, dst):  # the rename of the new folder fails after the old one was set aside
+        if Path(src).name.startswith(".tmp-"):
+            raise OSError(errno.EIO, "I/O error")
+        return real_replace(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", replace)
+        with pytest.raises(OSError):
+            with runs.atomic_folder(final, replace=True) as tmp:
+                (tmp / "b.txt").write_text("two")
+    assert names() == ["report"] and sorted(os.listdir(final)) == ["a.txt"]  # the old folder is back in place
+    with runs.atomic_folder(final, replace=True) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert names() == ["report"] and sorted(os.listdir(final)) == ["b.txt"]  # replaced, the old one removed
+
+
 def test_full_disk_in_the_cli_is_one_line_and_exit_2(finished, tmp_path):
     run_dir, _ = finished
     out = tmp_path / "models"

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from tlkit.errors import TlkitError
-from tlkit.recipe import load_recipe, parse_override
+from tlkit.recipe import parse_override
+from tlkit.tasks import load_recipe
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

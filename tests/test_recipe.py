@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from tlkit.errors import TlkitError
-from tlkit.recipe import RECIPES_DIR, Recipe, load_recipe, parse_override, recipe_reference, shortcut_overrides
+from tlkit.recipe import RECIPES_DIR, Recipe, parse_override, shortcut_overrides
+from tlkit.tasks import load_recipe, recipe_reference
 
 
 def test_every_shipped_recipe_validates():

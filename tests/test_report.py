@@ -63,7 +63,8 @@ class _Links(html.parser.HTMLParser):
 
 
 def test_finetune_writes_real_pictures(run_dir):
-    from tlkit.report import CURVES_INCHES, DPI, GRID_TILES, confusion_inches, grid_inches
+    from tlkit.figures import DPI, GRID_TILES, confusion_inches, grid_inches
+    from tlkit.report import CURVES_INCHES
 
     report = run_dir / "report"
     side = round(confusion_inches(4) * DPI)
@@ -108,7 +109,7 @@ def test_report_command_regenerates(run_dir):
     for name in ("index.html", "curves.png", "confusion_matrix.png", "predictions.png"):
         assert (run_dir / "report" / name).is_file()
     # 16 images: the grid shrinks to them
-    from tlkit.report import DPI, grid_inches
+    from tlkit.figures import DPI, grid_inches
 
     assert _picture(run_dir / "report" / "predictions.png").shape[:2] == tuple(round(v * DPI) for v in reversed(grid_inches(16)))
     from tlkit.report import write_report
@@ -128,7 +129,7 @@ def test_report_of_a_folder_that_is_not_a_run(tmp_path):
 
 
 def test_worst_mistakes_come_first():
-    from tlkit.report import worst_first
+    from tlkit.tasks.classification.figures import worst_first
 
     labels = np.array([0, 1, 0, 1])
     probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.55, 0.45], [0.05, 0.95]])

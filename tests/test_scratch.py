@@ -1,4 +1,8 @@
-"""From-scratch stack: Keras' real output sizes follow the formula, block options build, too-small fails clearly."""
+"""From-scratch stack: Keras' real output sizes follow the formula, block options build, too-small fails clearly.
+
+The registry-wide checks (builds, skips at their strides, errors) run on `scratch` in
+tests/test_backbones.py like on every entry; here: what its blocks change in its entry.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,24 @@ import numpy as np
 import pytest
 
 from tlkit.errors import TlkitError
+from tlkit.models.backbones import (
+    build_backbone,
+    can_feed_decoder,
+    get_backbone,
+    is_pretrained,
+    resolve_weights,
+    skip_layer_outputs,
+    skip_refs,
+    validate_model,
+)
 from tlkit.models.scratch import (
     block_sizes,
     build_scratch,
     conv_output_size,
+    default_blocks,
     pool_output_size,
     scratch_skip_layers,
+    scratch_skip_strides,
 )
 from tlkit.recipe import ScratchBlock
 
@@ -143,5 +159,65 @@ def test_skip_layers_are_the_activations_before_each_downsampling():
     ]
     names = scratch_skip_layers(mixed)
     assert names == ("block1_act", "block4_act")
+    assert scratch_skip_strides(mixed) == (1, 2)
     model = build_scratch(mixed, 32)
-    assert [_side(model, n) for n in names] == [32, 14]
+    assert [_side(model, n) for n in names] == [32, 14]  # stride 2, but the 3x3 stride-1 pool took 2 pixels
+    assert scratch_skip_strides(default_blocks()) == (1, 2, 4)
+
+
+# ----------------------------------------------------------------------------- the registry entry
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # from Keras' own saving code
+def test_scratch_through_the_registry(tmp_path):
+    blocks = [ScratchBlock(filters=8), ScratchBlock(filters=16, pool="none")]
+    model = build_backbone("scratch", 32, "none", {}, blocks=blocks)
+    assert model.name == "backbone" and tuple(model.output.shape) == (None, 16, 16, 16)
+    assert [t.shape[1] for t in skip_layer_outputs(model, "scratch", blocks)] == [32]
+    assert skip_refs("scratch", blocks) == (("block1_act", 1),)
+    with pytest.raises(TlkitError, match=r"^backbone 'scratch' has no pretrained weights: set model.weights: none"):
+        build_backbone("scratch", 32, "imagenet", blocks=blocks)
+    with pytest.raises(TlkitError, match="it takes: \\(none\\); scratch is configured by model.blocks"):
+        build_backbone("scratch", 32, "none", {"alpha": 1.0}, blocks=blocks)
+    # a weights file the same stack saved loads back; None is the entry's default, 'none'
+    path = tmp_path / "scratch.weights.h5"
+    model.save_weights(path)
+    again = build_backbone("scratch", 32, str(path), blocks=blocks)
+    np.testing.assert_array_equal(again.get_layer("block1_conv").kernel.numpy(), model.get_layer("block1_conv").kernel.numpy())
+    assert build_backbone("scratch", 32, None, blocks=blocks).count_params() == model.count_params()
+    # ... and one from other blocks fails in one line naming what to check
+    with pytest.raises(TlkitError) as err:
+        build_backbone("scratch", 32, str(path), blocks=[ScratchBlock(filters=4)])
+    text = str(err.value)
+    assert "\n" not in text and f"cannot load weights file '{path}' into scratch" in text and "model.blocks" in text
+
+
+def test_scratch_entry_is_data_not_a_name():
+    spec = get_backbone("scratch")
+    assert spec.default_weights == "none" and not spec.pretrained and spec.configured_by == "model.blocks"
+    assert spec.skip_layers == () and spec.constructor is None  # its skips and its network come from the blocks
+    assert resolve_weights("scratch", None) == "none" and not is_pretrained("scratch", None)
+    assert get_backbone("Scratch") is spec
+
+
+def test_validate_model_checks_the_blocks_before_building():
+    three = [ScratchBlock(filters=4) for _ in range(3)]
+    with pytest.raises(TlkitError, match=r"^scratch block 3: max pooling 2 \(stride 2\) on 1x1 gives 0x0"):
+        validate_model("scratch", 7, {}, None, blocks=three)
+    with pytest.raises(TlkitError, match=r"scratch block 3: .*gives 0x0"):  # default blocks when none are given
+        validate_model("scratch", 7, {}, "none")
+    with pytest.raises(TlkitError, match=r"scratch block 1 is invalid"):
+        validate_model("scratch", 32, {}, "none", blocks=[{"filters": 4, "kernel": 3}])
+    # the blocks, not the entry's min_size (the default blocks' minimum), decide what fits
+    one = [ScratchBlock(filters=2, pool="none")]
+    assert validate_model("scratch", 4, {}, "none", blocks=one).name == "scratch"
+    assert tuple(build_backbone("scratch", 4, "none", blocks=one).output.shape) == (None, 4, 4, 2)
+
+
+def test_can_feed_decoder_follows_the_blocks():
+    assert can_feed_decoder("scratch") is None and can_feed_decoder("scratch", [ScratchBlock(filters=4)]) is None
+    flat = [ScratchBlock(filters=4, pool="none"), ScratchBlock(filters=4, pool="max", pool_size=3, pool_stride=1)]
+    assert skip_refs("scratch", flat) == ()
+    assert can_feed_decoder("scratch", flat) == (
+        "model.blocks never downsample: a U-Net encoder needs blocks with pooling or stride > 1"
+    )

@@ -33,12 +33,12 @@ def _seg_recipe(tfds_dir, tmp_path, **extra):
 @pytest.mark.parametrize("decoder", ["unet", "fpn"])
 def test_every_backbone_with_skips_feeds_each_decoder(decoder):
     """Logits per class at the input resolution, for every registry entry that can feed a decoder."""
-    from tlkit.models.backbones import list_backbones
-    from tlkit.models.segmenter import build_segmenter
+    from tlkit.models.backbones import can_feed_decoder, list_backbones
+    from tlkit.tasks.segmentation.model import build_segmenter
 
     built = 0
     for spec in list_backbones():
-        if spec.name != "scratch" and not spec.skip_layers:
+        if can_feed_decoder(spec) is not None:
             continue
         size = max(64, int(math.ceil(spec.min_size / 32)) * 32)
         rec = tlkit.load_recipe(
@@ -51,7 +51,7 @@ def test_every_backbone_with_skips_feeds_each_decoder(decoder):
 
 
 def test_decoder_logits_match_image_for_scratch_encoder():
-    from tlkit.models.segmenter import build_segmenter
+    from tlkit.tasks.segmentation.model import build_segmenter
 
     rec = tlkit.load_recipe({"task": "segmentation", "model": {"backbone": "scratch", "input_size": 48, "decoder": {"upsample": "transpose"}}})
     model = build_segmenter(rec, 4)
@@ -84,16 +84,16 @@ def _mask_folder(root, n=6, size=24, value=255, ignore_band=False):
 
 
 def test_mask_values_map_to_classes_and_ignore_is_left_out(tmp_path):
-    from tlkit.data.pipeline import make_seg_pipeline
-    from tlkit.data.sources import load_data
-    from tlkit.recipe import Data
+    from tlkit.tasks.segmentation.pipeline import make_seg_pipeline
+    from conftest import load_data
+    from tlkit.tasks.segmentation.recipe import SegmentationData as Data
 
     _mask_folder(tmp_path, ignore_band=True)
     data = Data(source=str(tmp_path), val_fraction=0.34, masks={"values": {0: "background", 255: "pet"}, "ignore": [128]})
     bundle = load_data(data, seed=0, progress=False, task="segmentation")
     assert bundle.class_names == ["background", "pet"]
     assert bundle.splits["train"].size == 4 and bundle.splits["val"].size == 2
-    images, masks = next(iter(make_seg_pipeline(bundle.splits["train"], 24, bundle.mapping.table(), 8)))
+    images, masks = next(iter(make_seg_pipeline(bundle.splits["train"], 24, bundle.info["mapping"].table(), 8)))
     masks = masks.numpy()[..., 0]
     assert images.shape == (4, 24, 24, 3) and masks.shape == (4, 24, 24)
     assert set(np.unique(masks)) == {0, 1, 255}
@@ -101,7 +101,7 @@ def test_mask_values_map_to_classes_and_ignore_is_left_out(tmp_path):
 
 
 def test_several_values_can_share_a_class_in_order_of_first_value():
-    from tlkit.data.masks import MaskMapping
+    from tlkit.tasks.segmentation.masks import MaskMapping
 
     m = MaskMapping({3: "border", 1: "pet", 2: "background", 4: "pet"}, (0,))
     assert m.class_names == ["pet", "background", "border"]
@@ -109,8 +109,8 @@ def test_several_values_can_share_a_class_in_order_of_first_value():
 
 
 def test_bad_masks_are_reported_like_bad_files(tmp_path):
-    from tlkit.data.sources import load_data
-    from tlkit.recipe import Data
+    from conftest import load_data
+    from tlkit.tasks.segmentation.recipe import SegmentationData as Data
 
     _mask_folder(tmp_path, n=6)
     (tmp_path / "masks" / "img0.png").unlink()  # image without mask
@@ -131,7 +131,7 @@ def test_paired_augmentation_keeps_image_and_mask_aligned():
     """The image is white exactly where the mask is 1: after any geometric transform they must still agree."""
     import tensorflow as tf
 
-    from tlkit.data.pipeline import paired_augmenter
+    from tlkit.tasks.segmentation.pipeline import paired_augmenter
     from tlkit.recipe import Augment
 
     rng = np.random.default_rng(1)
@@ -156,7 +156,7 @@ def test_paired_augmentation_keeps_image_and_mask_aligned():
 
 
 def test_iou_dice_and_pixel_accuracy_against_hand_computed_values():
-    from tlkit.segmentation.evaluation import confusion, metrics_from_confusion
+    from tlkit.tasks.segmentation.metrics import confusion, metrics_from_confusion
 
     y_true = np.array([[0, 0, 1, 1], [2, 2, 255, 1]])
     y_pred = np.array([[0, 1, 1, 1], [2, 0, 0, 1]])
@@ -173,7 +173,7 @@ def test_iou_dice_and_pixel_accuracy_against_hand_computed_values():
 
 
 def test_loss_ignores_ignored_pixels():
-    from tlkit.segmentation.losses import SegmentationLoss
+    from tlkit.tasks.segmentation.losses import SegmentationLoss
 
     logits = np.random.default_rng(0).normal(size=(2, 4, 4, 3)).astype(np.float32)
     y = np.zeros((2, 4, 4, 1), np.int32)
@@ -290,8 +290,8 @@ def test_segmentation_evaluate_run_and_export_agree(seg_run):
 
 
 def test_oxford_pets_sample_loads_every_pair_including_mislabeled_files():
-    from tlkit.data.sources import load_data
-    from tlkit.recipe import Data
+    from conftest import load_data
+    from tlkit.tasks.segmentation.recipe import SegmentationData as Data
 
     pets = shared_path("segmentation/oxford_pets_sample")
     data = Data(source=str(pets), masks={"values": {1: "pet", 2: "background", 3: "border"}})
@@ -305,16 +305,16 @@ def test_oxford_pets_sample_loads_every_pair_including_mislabeled_files():
 def test_tfds_dataset_with_mask_feature():
     """tfds:oxford_iiit_pet: the image and its `segmentation_mask`, classes from data.masks.values."""
     tfds = pytest.importorskip("tensorflow_datasets")
-    from tlkit.data.pipeline import make_seg_pipeline
-    from tlkit.data.sources import load_data
-    from tlkit.recipe import Data
+    from tlkit.tasks.segmentation.pipeline import make_seg_pipeline
+    from conftest import load_data
+    from tlkit.tasks.segmentation.recipe import SegmentationData as Data
 
     data = Data(source="tfds:oxford_iiit_pet", masks={"values": {1: "pet", 2: "background", 3: "border"}})
     with tfds.testing.mock_data(num_examples=6):
         bundle = load_data(data, seed=0, progress=False, task="segmentation")
         assert bundle.class_names == ["pet", "background", "border"]
         assert {"train", "val"} <= set(bundle.splits)
-        images, masks = next(iter(make_seg_pipeline(bundle.splits["train"], 32, bundle.mapping.table(), 4)))
+        images, masks = next(iter(make_seg_pipeline(bundle.splits["train"], 32, bundle.info["mapping"].table(), 4)))
     assert images.shape[1:] == (32, 32, 3) and masks.shape[1:] == (32, 32, 1)
     assert set(np.unique(masks.numpy())) <= {0, 1, 2, 255}  # mock values outside the mapping become ignore
     with pytest.raises(TlkitError, match="data.masks.values"):

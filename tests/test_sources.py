@@ -7,7 +7,7 @@ import pytest
 
 from conftest import write_images
 from tlkit.data.pipeline import make_pipeline
-from tlkit.data.sources import load_data
+from conftest import load_data
 from tlkit.errors import TlkitError
 from tlkit.recipe import Data
 

@@ -51,7 +51,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("recipe", required=False)
 @click.option("--data", help="Data source: a folder of class subfolders, tfds:NAME or builtin:shapes.")
-@click.option("--backbone", help="Backbone name (see `tlkit backbones`) or 'scratch'.")
+@click.option("--backbone", help="Backbone name (see `tlkit backbones`; `scratch` is the from-scratch stack).")
 @click.option("--weights", help="imagenet, none, or a path to a weights file.")
 @click.option("--epochs", type=int, help="Epochs of every stage.")
 @click.option("--batch-size", type=int)
@@ -64,7 +64,7 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")
 @_handle_errors
 def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, resume: str | None, no_export: bool, no_report: bool, quiet: bool, **flags: Any) -> None:
-    """Train a classifier from RECIPE (a YAML file or a shipped name; default: quickstart)."""
+    """Train a model from RECIPE (a YAML file or a shipped name; default: quickstart)."""
     from tlkit.recipe import parse_override
     from tlkit.train import finetune as run
 
@@ -83,10 +83,12 @@ def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, res
     )
     if not result.chief:  # another worker of a multi-worker run: the chief reports
         return
+    from tlkit.tasks import get_task
+
     click.echo(f"run directory: {result.run_dir}")
     if result.export_dir:
         click.echo(f"export: {result.export_dir}")
-    headline = "mean_iou" if "mean_iou" in result.metrics else "accuracy"
+    headline = get_task(result.task).headline
     click.echo(f"{result.metrics['split']} {headline}: {result.metrics[headline]:.4f}  ({result.seconds:.1f} s)")
 
 
@@ -105,20 +107,12 @@ def evaluate(target: str, data: str | None, split: str | None, as_json: bool, un
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
+    from tlkit.targets import resolve_target
+    from tlkit.tasks import get_task
+
     click.echo(f"split {metrics['split']}: {metrics['num_examples']} images")
-    if "mean_iou" in metrics:
-        click.echo(f"mean IoU {metrics['mean_iou']:.4f}   pixel accuracy {metrics['pixel_accuracy']:.4f}   loss {metrics['loss']:.4f}")
-        width = max(len(n) for n in metrics["per_class"])
-        click.echo(f"{'class':<{width}}    iou   dice")
-        for name, row in metrics["per_class"].items():
-            iou, dice = (f"{row[k]:.3f}" if row[k] is not None else "  -  " for k in ("iou", "dice"))
-            click.echo(f"{name:<{width}}  {iou}  {dice}")
-        return
-    click.echo(f"accuracy {metrics['accuracy']:.4f}   loss {metrics['loss']:.4f}   top-{metrics['top_k']} {metrics['top_k_accuracy']:.4f}")
-    width = max(len(n) for n in metrics["per_class"])
-    click.echo(f"{'class':<{width}}  precision  recall     f1  support")
-    for name, row in metrics["per_class"].items():
-        click.echo(f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}  {row['f1']:5.3f}  {row['support']:7d}")
+    for line in get_task(resolve_target(target, ("run", "export")).task_name()).format_metrics(metrics):
+        click.echo(line)
 
 
 @cli.command()
@@ -163,21 +157,16 @@ def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantiz
 @_handle_errors
 def predict(export_path: str, images: tuple[str, ...], top_k: int, as_json: bool, out: str | None) -> None:
     """Classify (or segment) IMAGES with an export: a SavedModel (version or model folder), a .tflite or an .onnx file."""
+    from tlkit.prediction import export_task, format_result
     from tlkit.prediction import predict as run
 
     results = run(export_path, list(images), top_k=top_k, out=out)
     if as_json:
         click.echo(json.dumps(results, indent=2))
     else:
+        task = export_task(export_path)
         for r in results:
-            if "error" in r:
-                click.echo(f"{r['path']}: error: {r['error']}")
-            elif "fractions" in r:
-                shown = ", ".join(f"{k} {v:.1%}" for k, v in r["fractions"].items())
-                click.echo(f"{r['path']}: {shown}" + (f" -> {r['mask']}, {r['overlay']}" if "mask" in r else ""))
-            else:
-                shown = ", ".join(f"{p['label']} {p['score']:.3f}" for p in r["predictions"])
-                click.echo(f"{r['path']}: {shown}")
+            click.echo(format_result(r, task))
     if any("error" in r for r in results):
         sys.exit(1)
 
@@ -273,7 +262,7 @@ def backbones(no_params: bool) -> None:
 @_handle_errors
 def show_recipe(recipe: str | None, sets: tuple[str, ...], reference: bool) -> None:
     """Print a recipe resolved with defaults and overrides (or the field reference)."""
-    from tlkit.recipe import load_recipe, recipe_reference
+    from tlkit.tasks import load_recipe, recipe_reference
 
     if reference:
         click.echo(recipe_reference())

@@ -18,13 +18,14 @@ POOLS = ("avg", "max", "none")
 
 def feature_model(model: keras.Model, layer: str | None = None, pool: str = "avg") -> keras.Model:
     """image -> features of a tlkit classifier: its pooled backbone output, or any backbone layer."""
-    from tlkit.models.classifier import backbone_of
+    from tlkit.models.parts import has_pool, pooled_features
+    from tlkit.models.stages import backbone_of
 
     if pool not in POOLS:
         raise TlkitError(f"--pool must be one of {', '.join(POOLS)}, got '{pool}'")
     backbone = backbone_of(model)
-    if layer is None and pool == "avg":
-        return keras.Model(model.inputs, model.get_layer("pool").output, name="features")
+    if layer is None and pool == "avg" and has_pool(model):
+        return pooled_features(model)
     if layer is not None:
         try:
             target = backbone.get_layer(layer)
@@ -55,9 +56,10 @@ def feature_model(model: keras.Model, layer: str | None = None, pool: str = "avg
 def _source_model(
     source: str | Path, weights: str | None, input_size: int | None, options: dict[str, Any] | None, unsafe: bool = False
 ):
-    """(classifier-shaped keras model, recipe) for a run directory or a backbone name."""
-    from tlkit.models.classifier import build_classifier, check_model, load_run_model
-    from tlkit.recipe import load_recipe
+    """(keras model with a backbone, recipe) for a run directory or a backbone name."""
+    from tlkit.models.heads import build_classifier
+    from tlkit.models.stages import check_model, load_run_model
+    from tlkit.tasks import load_recipe
 
     path = Path(source)
     if path.is_dir():
@@ -93,18 +95,18 @@ def extract(
     SOURCE is a run directory, an export (its `embeddings` signature) or a backbone
     name (with `weights`). Every split of `data` is extracted unless `split` names one.
     """
-    from tlkit.data.pipeline import make_pipeline
-    from tlkit.data.sources import load_data
-    from tlkit.exporting import find_export, load_export_recipe
-    from tlkit.models.classifier import input_size as size_of
-    from tlkit.recipe import load_recipe
+    from tlkit.targets import resolve_target
+    from tlkit.tasks import get_task, load_data
 
-    export_dir = find_export(source, required=False) if Path(source).is_dir() else None
-    if export_dir is not None:
+    found = resolve_target(source, ("run", "export", "backbone"))
+    if found.kind == "export":
         if layer is not None or pool != "avg":
             raise TlkitError("an export carries pooled features only: --layer and --pool need a run directory or backbone")
-        recipe = load_export_recipe(export_dir)
-        embed = tf.saved_model.load(str(export_dir)).signatures["embeddings"]
+        if found.fmt.filename is not None or "embeddings" not in found.meta().get("signatures", {}):
+            raise TlkitError(f"{source} has no embeddings signature: extract from a SavedModel export of a pooling-head task, "
+                             "or from the run directory")
+        recipe = found.recipe()
+        embed = tf.saved_model.load(str(found.path)).signatures["embeddings"]
 
         def fn(images: tf.Tensor) -> np.ndarray:
             return embed(images=tf.cast(images, tf.uint8))["embeddings"].numpy()
@@ -117,27 +119,26 @@ def extract(
         def fn(images: tf.Tensor) -> np.ndarray:
             return call(images).numpy()
 
-    recipe = load_recipe(recipe, {"data.source": data})
-    bundle = load_data(recipe.data, recipe.seed, progress=progress)
+    bundle = load_data(recipe, progress=progress, source=data)
+    task = get_task(recipe)
     names = [split] if split else list(bundle.splits)
     unknown = [n for n in names if n not in bundle.splits]
     if unknown:
         raise TlkitError(f"split '{unknown[0]}' is not available; this data has: {', '.join(bundle.splits)}")
-    size = size_of(recipe)
     total = sum(bundle.splits[n].size for n in names)
     chunks, labels, paths, splits = [], [], [], []
     bar = keras.utils.Progbar(total, unit_name="image", verbose=1 if progress and sys.stderr.isatty() else 0)
     for name in names:
         part = bundle.splits[name]
-        for images, onehot in make_pipeline(part, size, len(bundle.class_names), batch_size, cache=False):
+        for images, _ in task.eval_pipeline(bundle, recipe, name, batch_size):
             chunks.append(fn(images).astype(np.float32))
-            labels.append(np.argmax(onehot.numpy(), axis=1))
             bar.add(len(chunks[-1]))
+        labels.append(part.labels)
         paths.extend(part.paths or [f"{name}/{i}" for i in range(part.size)])
         splits.extend([name] * part.size)
     result = {
         "features": np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32),
-        "labels": np.concatenate(labels).astype(np.int32) if labels else np.zeros(0, np.int32),
+        "labels": np.concatenate(labels) if labels else np.zeros(0, np.int32),
         "paths": np.array(paths),
         "splits": np.array(splits),
         "label_names": np.array(bundle.class_names),

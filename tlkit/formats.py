@@ -7,10 +7,10 @@ runtime's own engine (TensorFlow for a SavedModel, the LiteRT interpreter for
 TFLite, onnxruntime for ONNX), so `export` verifies a file with the engine that
 will serve it and `predict`/`evaluate` run any export the same way.
 
-What a task exports is also a registry entry (`TASK_OUTPUTS`): a classifier
-exports softmax probabilities. A new task (segmentation) adds its entry and
-gets every format that can hold its ops; a format that cannot raises a
-`TlkitError` naming the op.
+What a task exports is its probabilities (`Task.activation`: softmax or one
+sigmoid per class) and, for a SavedModel, the signatures of its own archive
+(`Task.archive`); a new task gets every format that can hold its ops, and a
+format that cannot raises a `TlkitError` naming the op.
 """
 
 from __future__ import annotations
@@ -33,35 +33,11 @@ QUANTIZE_MODES = ("none", "float16", "dynamic", "int8")
 EXTRA_HINT = "pip install 'tlkit[export]'"
 
 
-# ----------------------------------------------------------------------------- what a task exports
+def inference_model(model: Any, activation: str) -> tuple[str, Any]:
+    """(output name, Keras model) that every non-SavedModel format converts: the task's probabilities."""
+    from tlkit.models.parts import probabilities_model
 
-
-def _softmax_outputs(model: Any) -> Any:
-    """Class probabilities over the last axis: per image for a classifier, per pixel for a segmenter."""
-    import keras
-
-    probabilities = keras.layers.Softmax(axis=-1, name="probabilities", dtype="float32")(model.outputs[0])
-    return keras.Model(model.inputs[0], probabilities, name="inference")
-
-
-#: task -> (output name, builder of the inference model: float32 [N, S, S, 3] in [0, 255] -> that output)
-TASK_OUTPUTS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "classification": ("probabilities", _softmax_outputs),
-    "segmentation": ("probabilities", _softmax_outputs),  # [N, S, S, classes] at the model's input size
-}
-
-
-def register_task_output(task: str, output_name: str, build: Callable[[Any], Any]) -> None:
-    """A task's exported output: e.g. segmentation's per-pixel probabilities."""
-    TASK_OUTPUTS[task] = (output_name, build)
-
-
-def inference_model(model: Any, task: str) -> tuple[str, Any]:
-    """(output name, Keras model) that every non-SavedModel format converts."""
-    if task not in TASK_OUTPUTS:
-        raise TlkitError(f"no export output registered for task '{task}'; known tasks: {', '.join(TASK_OUTPUTS)}")
-    name, build = TASK_OUTPUTS[task]
-    return name, build(model)
+    return "probabilities", probabilities_model(model, activation)
 
 
 # ----------------------------------------------------------------------------- jobs and runners
@@ -77,6 +53,7 @@ class ExportJob:
     labels: list[str]
     size: int
     task: str = "classification"
+    state: dict[str, Any] = field(default_factory=dict)  # what the task learned after training (tlkit.tasks.base)
     quantize: str = "none"
     integer_io: bool = False
     calibration: Callable[[], Iterator[np.ndarray]] | None = None  # yields float32 [1, S, S, 3] images
@@ -325,7 +302,7 @@ class SavedModelRunner(Runner):
 def _write_savedmodel(job: ExportJob, folder: Path) -> None:
     from tlkit.tasks import get_task
 
-    get_task(job.task).archive(job.model, job.labels, job.size).write_out(str(folder), verbose=False)
+    get_task(job.task).archive(job.model, job.labels, job.size, job.state).write_out(str(folder), verbose=False)
 
 
 register_format(
@@ -536,7 +513,10 @@ def _write_onnx(job: ExportJob, folder: Path) -> None:
     _rename_output(model, job.output_name)
     for tensor in (model.graph.input[0], model.graph.output[0]):
         tensor.type.tensor_type.shape.dim[0].dim_param = "batch"
-    for key, value in (("labels", json.dumps(job.labels)), ("task", job.task), ("input_size", str(job.size))):
+    props = [("labels", json.dumps(job.labels)), ("task", job.task), ("input_size", str(job.size))]
+    if job.state:
+        props.append(("task_state", json.dumps(job.state)))
+    for key, value in props:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name = "tlkit (tf2onnx)"

@@ -22,7 +22,6 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,6 +30,7 @@ import keras
 import numpy as np
 
 from tlkit.errors import TlkitError
+from tlkit.figures import new_figure, save_figure
 
 # ----------------------------------------------------------------------------- geometry registry
 
@@ -457,23 +457,6 @@ def format_table(model: keras.Model, rows: list[LayerRow] | None = None) -> str:
 # ----------------------------------------------------------------------------- targets
 
 
-def _num_classes_guess(recipe: Any) -> int:
-    """Class count for a recipe's head without reading its images: class folders, or the built-in dataset."""
-    source = recipe.data.source.strip()
-    if recipe.task == "segmentation":
-        values = recipe.data.masks.values
-        return len(set(values.values())) if values else (5 if source.startswith("builtin:") else 2)
-    if source.startswith("builtin:"):
-        return 4  # circle, square, star, triangle
-    folder = Path(source).expanduser()
-    if folder.is_dir():
-        base = folder / "train" if (folder / "train").is_dir() else folder
-        count = sum(1 for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if count >= 2:
-            return count
-    return 2
-
-
 def load_target(
     target: str | os.PathLike[str],
     *,
@@ -486,57 +469,43 @@ def load_target(
     """(model, description) for a backbone name, a recipe, a run directory or a `.keras` file.
 
     A backbone is built behind its preprocessing layer, with random weights unless
-    `weights` says otherwise (nothing is downloaded by default); a recipe builds its classifier with
-    `num_classes` outputs (default: counted from its class folders, 4 for the built-in data).
+    `weights` says otherwise (nothing is downloaded by default); a recipe builds its task's model with
+    `num_classes` outputs (default: the task's guess from the recipe's data, without reading images).
     """
-    from tlkit import runs
+    from tlkit.targets import resolve_target
 
-    path = Path(target)
-    if path.is_dir():
-        from tlkit.models.classifier import load_run_model
+    found = resolve_target(target, ("run", "keras", "recipe", "backbone"))
+    if found.kind == "run":
+        return found.keras_model(unsafe=unsafe), f"run {found.path} (best.keras)"
+    if found.kind == "keras":
+        return found.keras_model(unsafe=unsafe), f"model file {found.path}"
+    if found.kind == "recipe":
+        return _recipe_model(str(target), weights, input_size, num_classes)
+    return _backbone_model(found.source, weights, input_size, options)
 
-        run_dir = runs.require_run_dir(path)
-        return load_run_model(run_dir, unsafe=unsafe), f"run {run_dir} (best.keras)"
-    if path.suffix == ".keras":
-        if not path.is_file():
-            raise TlkitError(f"model file '{path}' does not exist")
-        from tlkit.models.classifier import load_keras_file
 
-        return load_keras_file(path, unsafe=unsafe), f"model file {path}"
-    from tlkit.recipe import load_recipe, resolve_recipe_path
-    from tlkit.tasks import get_task
+def _recipe_model(target: str, weights: str | None, input_size: int | None, num_classes: int | None) -> tuple[keras.Model, str]:
+    from tlkit.tasks import get_task, load_recipe
 
-    is_recipe = path.suffix in (".yaml", ".yml")
-    if not is_recipe:
-        try:
-            resolve_recipe_path(str(target))
-            is_recipe = True
-        except TlkitError:
-            is_recipe = False
-    if is_recipe:
-        overrides: dict[str, Any] = {}
-        if weights is not None:
-            overrides["model.weights"] = weights
-        if input_size is not None:
-            overrides["model.input_size"] = input_size
-        recipe = load_recipe(str(target), overrides)
-        task = get_task(recipe)
-        task.check(recipe)
-        n = num_classes or _num_classes_guess(recipe)
-        head = "head" if recipe.task == "classification" else f"{recipe.model.decoder.type} decoder"
-        return task.build_model(recipe, n), f"recipe {target} ({recipe.model.backbone}, {head} for {n} classes)"
+    overrides: dict[str, Any] = {}
+    if weights is not None:
+        overrides["model.weights"] = weights
+    if input_size is not None:
+        overrides["model.input_size"] = input_size
+    recipe = load_recipe(target, overrides)
+    task = get_task(recipe)
+    task.check(recipe)
+    n = num_classes or task.num_classes_hint(recipe)
+    return task.build_model(recipe, n), f"recipe {target} ({recipe.model.backbone}, {task.head_name(recipe)} for {n} classes)"
+
+
+def _backbone_model(name: str, weights: str | None, input_size: int | None, options: dict[str, Any] | None) -> tuple[keras.Model, str]:
     from tlkit.models.backbones import build_backbone, get_backbone
-
-    try:
-        spec = get_backbone(str(target))
-    except TlkitError as exc:
-        raise TlkitError(
-            f"'{target}' is not a backbone name, a recipe (.yaml or shipped name), a run directory or a .keras file. {exc}"
-        ) from None
-    size = input_size or spec.default_size
-    chosen = weights or "none"
     from tlkit.models.preprocess import Preprocess
 
+    spec = get_backbone(name)
+    size = input_size or spec.default_size
+    chosen = weights or "none"
     backbone = build_backbone(spec, size, chosen, options or {})
     # with its input scaling in front, as in a tlkit model: feature maps of [0, 255] pixels mean something
     inputs = keras.Input((size, size, 3), name="image")
@@ -755,38 +724,6 @@ def gradcam(
 # ----------------------------------------------------------------------------- drawing
 
 
-def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """PNG through the Agg canvas, written beside and renamed: no half-written picture, no pyplot state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a picture is for sharing
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return mask
-
-
-def _figure(width: float, height: float, dpi: int = 100) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=dpi)
-
-
 def _grid(count: int, max_cols: int = 8) -> tuple[int, int]:
     cols = min(max_cols, max(1, math.ceil(math.sqrt(count))))
     return math.ceil(count / cols), cols
@@ -797,7 +734,7 @@ def draw_feature_maps(
 ) -> Path:
     """Each channel as its own tile (colours scaled per channel), the input first; a vector as bars."""
     if maps.ndim == 1:
-        fig = _figure(10, 3.5)
+        fig = new_figure(10, 3.5)
         ax = fig.add_subplot(1, 1, 1)
         ax.bar(np.arange(len(maps)), maps, color="tab:blue")
         ax.set_xlabel("unit")
@@ -810,7 +747,7 @@ def draw_feature_maps(
     channels = min(maps.shape[-1], max_maps)
     tiles = channels + (image is not None)
     rows, cols = _grid(tiles)
-    fig = _figure(1.6 * cols, 1.6 * rows + 0.5)
+    fig = new_figure(1.6 * cols, 1.6 * rows + 0.5)
     fig.suptitle(title, fontsize=9)
     k = 0
     if image is not None:
@@ -841,7 +778,7 @@ def draw_filters(
         tiles = [kernel[..., 0, i] for i in range(cout)]  # what each filter does to the first channel
     tiles = tiles[:max_filters]
     rows, cols = _grid(len(tiles))
-    fig = _figure(1.2 * cols, 1.2 * rows + 0.5)
+    fig = new_figure(1.2 * cols, 1.2 * rows + 0.5)
     fig.suptitle(title, fontsize=9)
     for i, w in enumerate(tiles):
         ax = fig.add_subplot(rows, cols, i + 1)
@@ -863,7 +800,7 @@ def draw_gradcam(image: np.ndarray, heatmap: np.ndarray, out: str | os.PathLike[
     h, w = image.shape[:2]
     heat = tf.image.resize(heatmap[..., None], (h, w), method="bilinear").numpy()[..., 0]
     shown = image.squeeze() if image.shape[-1] == 1 else image
-    fig = _figure(8, 4.3)
+    fig = new_figure(8, 4.3)
     fig.suptitle(title, fontsize=10)
     ax = fig.add_subplot(1, 2, 1)
     ax.imshow(shown, cmap="gray")

@@ -123,26 +123,21 @@ def _input(meta: dict[str, Any]) -> str:
     probs = (
         f"uint8; probability = (value - {quant_out['zero_point']}) * {quant_out['scale']:.6g}"
         if quant_out
-        else "float32 probabilities summing to 1"
+        else "float32 probabilities"
     )
     return (
         "## Input and output\n\n"
         f"- input `{inp.get('name')}`: {inp.get('dtype')} `[batch, {size}, {size}, 3]`, RGB, {pixels}. "
         f"Resize each image to {size} x {size} first (tlkit uses bilinear with antialiasing, "
         "`tf.image.resize(..., antialias=True)`); the batch dimension is dynamic.\n"
-        f"- output `{res.get('name')}`: `[batch, {_per_item(meta)}{len(meta.get('labels', []))}]`, {probs}, "
-        "in the order of the labels above" + (" (per pixel, at the input size: resize to the image's size, then argmax)." if _segments(meta) else ".")
+        f"- output `{res.get('name')}`: {probs}, in the order of the labels above: {_task(meta).card_output(meta)}."
     )
 
 
-def _segments(meta: dict[str, Any]) -> bool:
-    return meta.get("task") == "segmentation"
+def _task(meta: dict[str, Any]) -> Any:
+    from tlkit.tasks import get_task
 
-
-def _per_item(meta: dict[str, Any]) -> str:
-    """The output's middle dimensions: none for a classifier, the pixel grid for a segmenter."""
-    size = meta.get("input_size")
-    return f"{size}, {size}, " if _segments(meta) else ""
+    return get_task(str(meta.get("task", "classification")))
 
 
 def _metrics(meta: dict[str, Any]) -> str:
@@ -153,25 +148,7 @@ def _metrics(meta: dict[str, Any]) -> str:
         f"## Metrics on the {m.get('split', 'evaluation')} split ({m.get('num_examples', '?')} images, Keras model)",
         "",
     ]
-    per_class = m.get("per_class") or {}
-    if _segments(meta):
-        lines.append(
-            f"mean IoU **{m.get('mean_iou', 0):.4f}**, pixel accuracy {m.get('pixel_accuracy', 0):.4f}, "
-            f"mean Dice {m.get('mean_dice', 0):.4f}, loss {m.get('loss', 0):.4f}"
-        )
-        if per_class:
-            lines += ["", "| class | IoU | Dice |", "|---|---|---|"]
-            for name, row in per_class.items():
-                lines.append(f"| {name} | {row.get('iou', 0):.3f} | {row.get('dice', 0):.3f} |")
-    else:
-        lines.append(
-            f"accuracy **{m.get('accuracy', 0):.4f}**, loss {m.get('loss', 0):.4f}, "
-            f"top-{m.get('top_k', '?')} accuracy {m.get('top_k_accuracy', 0):.4f}"
-        )
-    if per_class and not _segments(meta):
-        lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
-        for name, row in per_class.items():
-            lines.append(f"| {name} | {row['precision']:.3f} | {row['recall']:.3f} | {row['f1']:.3f} | {row['support']} |")
+    lines += _task(meta).card_metrics(m)
     if meta.get("quantize", "none") != "none":
         lines += ["", "These are the float model's figures; the verification line above says how closely this quantized file follows it."]
     return "\n".join(lines)
@@ -186,9 +163,12 @@ def _recipe(meta: dict[str, Any]) -> str:
         "",
         f"- data: `{data.get('source')}` (val fraction {data.get('val_fraction')}, test fraction {data.get('test_fraction')}), "
         f"augmentation: {augment}",
-        f"- model: `{model.get('backbone')}` at {meta.get('input_size')} px, weights `{model.get('weights')}`, "
-        f"head dropout {(model.get('head') or {}).get('dropout')}",
-        f"- training: batch {train.get('batch_size')}, label smoothing {train.get('label_smoothing', 0)}, seed {r.get('seed')}",
+        f"- model: `{model.get('backbone')}` at {meta.get('input_size')} px, weights `{model.get('weights')}`"
+        + (f", head dropout {model['head'].get('dropout')}" if model.get("head") else "")
+        + (f", decoder {model['decoder'].get('type')} {model['decoder'].get('widths')}" if model.get("decoder") else ""),
+        f"- training: batch {train.get('batch_size')}"
+        + (f", label smoothing {train['label_smoothing']}" if "label_smoothing" in train else "")
+        + f", seed {r.get('seed')}",
         "",
         "| stage | epochs | trains | batchnorm | optimizer | learning rate | schedule |",
         "|---|---|---|---|---|---|---|",
@@ -203,14 +183,39 @@ def _recipe(meta: dict[str, Any]) -> str:
 
 
 def _usage(meta: dict[str, Any], fmt: str) -> str:
-    size = meta.get("input_size")
-    show = (
-        "mask = probs.argmax(-1)  # class index per pixel; labels[i] names class i\n"
-        if _segments(meta)
-        else "print(labels[probs.argmax()], probs.max())\n"
+    show = _task(meta).card_usage(meta)
+    if fmt == "savedmodel":
+        return _tf_serving(meta) + "\n" + _savedmodel_python() + "\n" + (
+            "### LiteRT\n\nThis folder is a SavedModel; for LiteRT export the run as TFLite: "
+            "`tlkit export RUN_DIR --format tflite [--quantize float16|dynamic|int8]`.\n"
+        )
+    not_serving = (
+        "## Calling it\n\n### TF Serving\n\nTF Serving serves SavedModels: export the run with "
+        "`tlkit export RUN_DIR --format savedmodel` for it (signatures `serving_default`, `serving_bytes`).\n"
     )
+    size = meta.get("input_size")
+    prep = (
+        "import numpy as np\nfrom PIL import Image\n"
+        f"image = Image.open('photo.jpg').convert('RGB').resize(({size}, {size}), Image.BILINEAR)\n"
+        "pixels = np.asarray(image, np.float32)[None]  # [1, H, W, 3], 0-255\n"
+        "labels = open('labels.txt').read().splitlines()\n"
+    )
+    if fmt == "onnx":
+        python = (
+            "### Python (onnxruntime)\n\n```python\nimport onnxruntime as ort\n" + prep
+            + "session = ort.InferenceSession('model.onnx')\n"
+            "probs = session.run(None, {'images': pixels})[0][0]\n"
+            + show + "```\n\n"
+            "or `tlkit predict model.onnx photo.jpg` (decodes and resizes exactly as in training).\n"
+        )
+        lite = "### LiteRT\n\nThis is an ONNX file; for LiteRT export the run as TFLite: `tlkit export RUN_DIR --format tflite`.\n"
+        return not_serving + "\n" + python + "\n" + lite
+    return not_serving + "\n### Python\n\nUse the LiteRT interpreter below (the same code runs on a desktop).\n\n" + _litert(meta, prep, show)
+
+
+def _tf_serving(meta: dict[str, Any]) -> str:
     name = (meta.get("recipe") or {}).get("name", "model")
-    serving = (
+    return (
         "## Calling it\n\n### TF Serving\n\n"
         f"```bash\n# mount the model folder that holds this version folder (e.g. saved_models/{name}, which holds 1/, 2/, ...)\n"
         f"docker run -p 8501:8501 -p 8500:8500 -v \"$PWD/saved_models/{name}:/models/{name}\" -e MODEL_NAME={name} tensorflow/serving\n"
@@ -229,44 +234,21 @@ def _usage(meta: dict[str, Any], fmt: str) -> str:
         "response = stub.Predict(request, timeout=10.0)\n"
         "print(tf.make_ndarray(response.outputs['probabilities']), response.outputs['classes'].string_val)\n```\n"
     )
-    if fmt == "savedmodel":
-        python = (
-            "### Python (TensorFlow only, no tlkit)\n\n```python\nimport tensorflow as tf\n"
-            "model = tf.saved_model.load('PATH/TO/THIS/FOLDER')\n"
-            "out = model.signatures['serving_bytes'](image_bytes=tf.constant([open('photo.jpg', 'rb').read()]))\n"
-            "print(out['classes'].numpy(), out['probabilities'].numpy())\n```\n\n"
-            "or `tlkit predict PATH/TO/THIS/FOLDER photo.jpg`.\n"
-        )
-        lite = (
-            "### LiteRT\n\nThis folder is a SavedModel; for LiteRT export the run as TFLite: "
-            "`tlkit export RUN_DIR --format tflite [--quantize float16|dynamic|int8]`.\n"
-        )
-        return serving + "\n" + python + "\n" + lite
-    not_serving = (
-        "## Calling it\n\n### TF Serving\n\nTF Serving serves SavedModels: export the run with "
-        "`tlkit export RUN_DIR --format savedmodel` for it (signatures `serving_default`, `serving_bytes`).\n"
+
+
+def _savedmodel_python() -> str:
+    return (
+        "### Python (TensorFlow only, no tlkit)\n\n```python\nimport tensorflow as tf\n"
+        "model = tf.saved_model.load('PATH/TO/THIS/FOLDER')\n"
+        "out = model.signatures['serving_bytes'](image_bytes=tf.constant([open('photo.jpg', 'rb').read()]))\n"
+        "print(out['classes'].numpy(), out['probabilities'].numpy())\n```\n\n"
+        "or `tlkit predict PATH/TO/THIS/FOLDER photo.jpg`.\n"
     )
-    prep = (
-        "import numpy as np\nfrom PIL import Image\n"
-        f"image = Image.open('photo.jpg').convert('RGB').resize(({size}, {size}), Image.BILINEAR)\n"
-        "pixels = np.asarray(image, np.float32)[None]  # [1, H, W, 3], 0-255\n"
-        "labels = open('labels.txt').read().splitlines()\n"
-    )
-    if fmt == "onnx":
-        python = (
-            "### Python (onnxruntime)\n\n```python\nimport onnxruntime as ort\n" + prep
-            + "session = ort.InferenceSession('model.onnx')\n"
-            "probs = session.run(None, {'images': pixels})[0][0]\n"
-            + show + "```\n\n"
-            "or `tlkit predict model.onnx photo.jpg` (decodes and resizes exactly as in training).\n"
-        )
-        lite = (
-            "### LiteRT\n\nThis is an ONNX file; for LiteRT export the run as TFLite: "
-            "`tlkit export RUN_DIR --format tflite`.\n"
-        )
-        return not_serving + "\n" + python + "\n" + lite
+
+
+def _litert(meta: dict[str, Any], prep: str, show: str) -> str:
     feed = "pixels.astype(np.uint8)" if meta.get("integer_io") else "pixels"
-    lite = (
+    return (
         "### LiteRT (Python: `pip install ai-edge-litert`; Android/iOS: the same file with the LiteRT runtime)\n\n"
         "```python\nfrom ai_edge_litert.interpreter import Interpreter\n" + prep
         + "interpreter = Interpreter(model_path='model.tflite')\n"
@@ -282,4 +264,3 @@ def _usage(meta: dict[str, Any], fmt: str) -> str:
         "or `tlkit predict model.tflite photo.jpg`. PIL's bilinear resize is close to, not identical with, "
         "tlkit's antialiased resize; for exact agreement resize with `tf.image.resize(..., antialias=True)`.\n"
     )
-    return not_serving + "\n### Python\n\nUse the LiteRT interpreter below (the same code runs on a desktop).\n\n" + lite

@@ -2,19 +2,18 @@
 
 A SavedModel decodes, resizes and normalizes itself (`serving_bytes`); for
 TFLite and ONNX tlkit decodes and resizes exactly as in training and the file
-normalizes. The same images give the same top-1 in every format.
+normalizes. The same images give the same answers in every format. What an answer
+is (top-k labels, labels over their thresholds, a mask) is the export's task's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Iterator, Sequence
 
-import numpy as np
-
-from tlkit import formats, runs
 from tlkit.data.decode import check_image_bytes
 from tlkit.errors import TlkitError
+from tlkit.tasks import get_task
 
 
 def predict(
@@ -24,54 +23,40 @@ def predict(
     batch_size: int = 32,
     out: str | Path | None = None,
 ) -> list[dict[str, Any]]:
-    """`[{"path", "predictions": [{"label", "score"}, ...]}]`, or `{"path", "error"}` for a file that is not an image.
+    """One entry per image, `{"path", ...the task's answer}`, or `{"path", "error"}` for a file that is not an image.
 
-    `export`: a SavedModel version or model folder, a .tflite/.onnx file, or an export folder holding one.
-    A segmentation export gives `{"path", "size", "fractions"}` per image instead, and with
-    `out` writes `STEM_mask.png` (class indices) and `STEM_overlay.png` there.
+    Classification: `"predictions": [{"label", "score"}, ...]` (top_k, best first); multi-label: every label
+    over its threshold, best first; segmentation: `"size"`, `"fractions"` and with `out` the written
+    `STEM_mask.png` / `STEM_overlay.png`. `export`: a SavedModel version or model folder, a .tflite/.onnx
+    file, or an export folder holding one.
     """
+    from tlkit.targets import resolve_target
+
     if top_k < 1:
         raise TlkitError(f"--top-k must be at least 1, got {top_k}")
-    fmt, model_path = formats.locate(export)
+    found = resolve_target(export, ("export",))
     missing = [str(p) for p in images if not Path(p).is_file()]
     if missing:
         raise TlkitError(f"image file(s) not found: {', '.join(missing)}")
-    labels = formats.read_labels(model_path)
-    formats.require(fmt)
-    runner = fmt.load(model_path)
-    if export_task(model_path) == "segmentation":
-        return _predict_masks(_segmenter(runner), images, labels, out)
+    labels = found.labels()
+    task = get_task(found.task_name())
+    runner = found.runner()
     results: list[dict[str, Any]] = []
-    pending: list[tuple[int, bytes]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        probs = runner.encoded([b for _, b in pending])
-        for (index, _), row in zip(pending, probs):
-            order = np.argsort(-row)[: min(top_k, len(labels))]
-            results[index]["predictions"] = [{"label": labels[i], "score": float(row[i])} for i in order]
-        pending.clear()
-
-    for index, _, data in _readable(images, results):
-        pending.append((index, data))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
+    files = list(_readable(images, results))
+    options = {"top_k": top_k, "batch_size": batch_size, "out": out, "state": found.task_state()}
+    for index, entry in task.predict(runner, files, labels, found.meta(), options).items():
+        results[index].update(entry)
     return results
 
 
-def export_task(model_path: Path) -> str:
-    """The task an export was trained for: from its metadata.json, else the ONNX file's own metadata."""
-    meta = formats.export_folder(model_path) / "metadata.json"
-    if meta.is_file():
-        return str(runs.read_json(meta).get("task", "classification"))
-    if model_path.suffix == ".onnx":
-        return formats.onnx_metadata(model_path).get("task", "classification")
-    return "classification"
+def format_result(result: dict[str, Any], task_name: str) -> str:
+    """The text line `tlkit predict` prints for one image."""
+    if "error" in result:
+        return f"{result['path']}: error: {result['error']}"
+    return get_task(task_name).format_prediction(result)
 
 
-def _readable(images: Sequence[str | Path], results: list[dict[str, Any]]):
+def _readable(images: Sequence[str | Path], results: list[dict[str, Any]]) -> Iterator[tuple[int, str, bytes]]:
     """(index, path, bytes) of each decodable image; every image gets a result entry, bad ones an error."""
     for path in images:
         data = Path(path).read_bytes()
@@ -83,34 +68,8 @@ def _readable(images: Sequence[str | Path], results: list[dict[str, Any]]):
             yield len(results) - 1, str(path), data
 
 
-def _segmenter(runner: formats.Runner) -> Callable[[bytes], np.ndarray]:
-    """Encoded image -> class map [H, W] at the image's own size, on the export's engine."""
-    import tensorflow as tf
+def export_task(export: str | Path) -> str:
+    """The task an export was trained for (its metadata.json, or an ONNX file's own metadata)."""
+    from tlkit.targets import resolve_target
 
-    if isinstance(runner, formats.SavedModelRunner):  # the export resizes back itself
-        serve = runner.signatures["serving_bytes"]
-        return lambda data: serve(image_bytes=tf.constant([data]))["classes"].numpy()[0]
-
-    from tlkit.data.decode import decode_image
-    from tlkit.data.pipeline import resize_image
-
-    def segment(data: bytes) -> np.ndarray:
-        image = decode_image(tf.constant(data))  # decoded once: its size, and the model's input
-        probs = runner(resize_image(image, runner.size)[None].numpy())[0]  # [S, S, classes] at the input size
-        height, width = image.shape[:2]
-        return np.argmax(tf.image.resize(probs, (height, width), method="bilinear").numpy(), axis=-1).astype(np.int32)
-
-    return segment
-
-
-def _predict_masks(
-    segment: Callable[[bytes], np.ndarray], images: Sequence[str | Path], labels: list[str], out: str | Path | None
-) -> list[dict[str, Any]]:
-    from tlkit.segmentation.serving import predict_masks
-
-    results: list[dict[str, Any]] = []
-    todo = list(_readable(images, results))
-    for index, entry in predict_masks(segment, todo, labels, Path(out) if out is not None else None).items():
-        results[index].update(entry)
-    return results
-
+    return resolve_target(export, ("export",)).task_name()

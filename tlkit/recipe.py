@@ -11,7 +11,7 @@ import copy
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,7 +21,7 @@ from tlkit.errors import TlkitError
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
-class _Strict(BaseModel):
+class Section(BaseModel):
     """Unknown keys are errors: a typo must never be silently ignored; so is an infinite or NaN number."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
@@ -30,7 +30,7 @@ class _Strict(BaseModel):
 PositiveInt = Field(gt=0)
 
 
-class Augment(_Strict):
+class Augment(Section):
     """Training-only augmentation; each strength 0 turns that transform off."""
 
     flip: Literal["none", "horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
@@ -48,40 +48,7 @@ class Augment(_Strict):
     )
 
 
-class Masks(_Strict):
-    """Segmentation masks: which pixel value means which class, and which values to leave out."""
-
-    values: dict[int, str] | None = Field(
-        None,
-        description="mask pixel value -> class name (several values may share a name); class order: by first value. "
-        "Default: binary {0: background, 255: foreground} for folders, the dataset's own for builtin:shapes",
-    )
-    ignore: list[int] = Field(default_factory=list, description="mask values left out of loss and metrics")
-    images_dir: str = Field("images", description="folder sources: subfolder of images")
-    masks_dir: str = Field("masks", description="folder sources: subfolder of masks, matched to images by file stem")
-    feature: str | None = Field(None, description="TFDS sources: the mask feature; default: the first image feature after the image")
-
-    @field_validator("values")
-    @classmethod
-    def _values(cls, value: Any) -> Any:
-        if value is not None:
-            if not value:
-                raise ValueError("masks.values needs at least one value: name pair")
-            bad = [v for v in value if not 0 <= v <= 255]
-            if bad:
-                raise ValueError(f"mask values are 8-bit: {bad} is outside 0..255")
-        return value
-
-    @field_validator("ignore")
-    @classmethod
-    def _ignore(cls, value: Any) -> Any:
-        bad = [v for v in value if not 0 <= v <= 255]
-        if bad:
-            raise ValueError(f"mask values are 8-bit: {bad} is outside 0..255")
-        return value
-
-
-class Data(_Strict):
+class Data(Section):
     """Where images come from and how they are split and cleaned."""
 
     source: str = Field("builtin:shapes", description="a folder, 'tfds:NAME[/CONFIG]' or 'builtin:shapes[/CONFIG]'")
@@ -93,7 +60,6 @@ class Data(_Strict):
     tfds_data_dir: str | None = Field(None, description="TFDS data dir; default: TFDS's own (~/tensorflow_datasets)")
     on_bad_file: Literal["skip", "fail"] = "skip"
     augment: Augment = Field(default_factory=Augment)
-    masks: Masks = Field(default_factory=Masks, description="segmentation only")
 
     @model_validator(mode="after")
     def _fractions(self) -> "Data":
@@ -102,7 +68,7 @@ class Data(_Strict):
         return self
 
 
-class ScratchBlock(_Strict):
+class ScratchBlock(Section):
     """One Conv -> [BatchNorm] -> activation -> [pool] -> [dropout] block of the from-scratch stack."""
 
     filters: int = PositiveInt
@@ -129,54 +95,30 @@ def _default_blocks() -> list[ScratchBlock]:
     return [ScratchBlock(filters=f) for f in (32, 64, 128)]
 
 
-class Head(_Strict):
-    """Global average pooling -> dropout -> dense to the classes."""
+class Head(Section):
+    """Global pooling -> dropout -> dense to the classes."""
 
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-
-
-class Decoder(_Strict):
-    """Segmentation head: turns backbone features (and skips) into per-pixel logits at the input size."""
-
-    type: str = Field("unet", description="a decoder registry name: unet, fpn")
-    widths: list[int] = Field(
-        default_factory=lambda: [128, 64, 32, 16],
-        min_length=1,
-        description="unet: filters of the up blocks, deepest first; fpn: [pyramid width, head width]",
+    pool: Literal["avg", "max"] = Field(
+        "avg", description="global pooling of the backbone's map: avg, or max (a small object anywhere counts in full)"
     )
-    upsample: Literal["bilinear", "transpose"] = "bilinear"
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-
-    @field_validator("widths")
-    @classmethod
-    def _widths(cls, value: list[int]) -> list[int]:
-        if any(w <= 0 for w in value):
-            raise ValueError("decoder widths must be positive")
-        return value
 
 
-class Model(_Strict):
-    """Backbone (registry name or 'scratch') plus head (classification) or decoder (segmentation)."""
+class Model(Section):
+    """Backbone (a registry name, `scratch` included) and its options; the task adds its head or decoder."""
 
     backbone: str = "scratch"
     weights: str | None = Field(
         None,
-        description="'imagenet', 'none' or a path to a Keras weights file (.h5/.weights.h5); default: imagenet, none for scratch",
+        description="'imagenet', 'none' or a path to a Keras weights file (.h5/.weights.h5); "
+        "default: the backbone's own (imagenet for pretrained backbones, none for scratch)",
     )
     input_size: int | None = Field(None, gt=0, description="square input side in pixels; default: the backbone's")
     options: dict[str, Any] = Field(default_factory=dict, description="backbone constructor options, e.g. {alpha: 0.25}")
     blocks: list[ScratchBlock] = Field(default_factory=_default_blocks, description="from-scratch stack (backbone: scratch)")
-    head: Head = Field(default_factory=Head)
-    decoder: Decoder = Field(default_factory=Decoder, description="segmentation only")
-
-    @model_validator(mode="after")
-    def _default_weights(self) -> "Model":
-        if self.weights is None:
-            self.weights = "none" if self.backbone == "scratch" else "imagenet"
-        return self
 
 
-class Stage(_Strict):
+class Stage(Section):
     """One call to fit(): which layers train, with which optimizer and schedule."""
 
     name: str = "stage"
@@ -207,37 +149,19 @@ class Stage(_Strict):
         return value
 
 
-class Loss(_Strict):
-    """Segmentation loss = weighted sum; classification uses cross-entropy (with label_smoothing)."""
-
-    cross_entropy: float = Field(1.0, ge=0.0)
-    dice: float = Field(0.0, ge=0.0)
-    focal: float = Field(0.0, ge=0.0)
-    focal_gamma: float = Field(2.0, ge=0.0)
-
-    @model_validator(mode="after")
-    def _some(self) -> "Loss":
-        if self.cross_entropy + self.dice + self.focal <= 0:
-            raise ValueError("at least one of cross_entropy, dice, focal needs a positive weight")
-        return self
-
-
-class EarlyStopping(_Strict):
+class EarlyStopping(Section):
     enabled: bool = False
     patience: int = Field(3, gt=0)
     monitor: str = "val_loss"
 
 
-class Train(_Strict):
+class Train(Section):
     """What every stage shares."""
 
     batch_size: int = Field(32, gt=0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
-    class_weights: Union[Literal["none", "auto"], dict[str, float]] = "none"
     monitor: str | None = Field(
-        None, description="metric that picks the best checkpoint; default: val_accuracy, val_mean_iou for segmentation"
+        None, description="metric that picks the best checkpoint; default: the task's headline metric on val"
     )
-    loss: Loss = Field(default_factory=Loss, description="segmentation: weighted sum of losses")
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     tensorboard: bool = False
     cache_features: bool = Field(
@@ -253,13 +177,13 @@ class Train(_Strict):
     stages: list[Stage] = Field(default_factory=lambda: [Stage(name="train")], min_length=1)
 
 
-class Export(_Strict):
+class Export(Section):
     enabled: bool = Field(True, description="export a SavedModel at the end of finetune")
     dir: str = Field("saved_models", description="exports go to DIR/NAME/VERSION")
     name: str | None = Field(None, description="default: the recipe's name")
 
 
-class Runtime(_Strict):
+class Runtime(Section):
     """Where and how the run executes; none of it changes what the recipe means."""
 
     deterministic: bool = Field(False, description="op determinism: a resumed run ends with the same weights (slower)")
@@ -280,24 +204,17 @@ class Runtime(_Strict):
     tpu: str = Field("", description="tpu: the TPU name or address ('' : from the environment, 'local' on a TPU VM)")
 
 
-class Recipe(_Strict):
+class Recipe(Section):
     """A whole run: data, model, training stages, export."""
 
     name: str = "run"
-    task: Literal["classification", "segmentation"] = "classification"
+    task: str = Field("classification", description="a task registry name (classification, segmentation, multilabel)")
     seed: int = 1337
     data: Data = Field(default_factory=Data)
     model: Model = Field(default_factory=Model)
     train: Train = Field(default_factory=Train)
     export: Export = Field(default_factory=Export)
     runtime: Runtime = Field(default_factory=Runtime)
-
-    @property
-    def monitor(self) -> str:
-        """The metric that picks the best checkpoint."""
-        if self.train.monitor:
-            return self.train.monitor
-        return "val_mean_iou" if self.task == "segmentation" else "val_accuracy"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -309,9 +226,9 @@ class Recipe(_Strict):
 # ----------------------------------------------------------------------------- loading
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+def model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic class that owns the field at `loc`, to list its keys in errors."""
-    cls: Any = Recipe
+    cls: Any = root
     for part in loc[:-1]:
         if isinstance(part, int):
             continue
@@ -332,18 +249,24 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
 
 
-def _describe(err: ValidationError, origin: str) -> str:
+def describe_error(
+    err: ValidationError, origin: str, root: type[BaseModel], elsewhere: Callable[[str], str | None] = lambda key: None
+) -> str:
+    """One line for all of a recipe's problems; `elsewhere(dotted key)` may say which other task has a field."""
     by_place: dict[str, list[str]] = {}
     for e in err.errors():
         # pydantic adds union member tags ('literal[...]', 'int') to the location: drop them
         loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in {"int", "str", "float"})))
         where = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
-            owner = _model_at(loc)
+            owner = model_at(root, loc)
             allowed = sorted(owner.model_fields) if owner else []
             msg = f"unknown key '{where}'"
+            other = elsewhere(where)
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-            if close:
+            if other:
+                msg += f" ({other})"
+            elif close:
                 msg += f"; did you mean '{close[0]}'?"
             if allowed:
                 msg += f" Allowed keys here: {', '.join(allowed)}"
@@ -466,13 +389,14 @@ def resolve_recipe_path(name_or_path: str | Path) -> Path:
     )
 
 
-def load_recipe(
+def read_recipe_data(
     source: "str | Path | dict[str, Any] | Recipe | None" = None,
     overrides: "dict[str, Any] | list[str] | None" = None,
-) -> Recipe:
-    """Resolve a recipe from a file, a shipped name, a dict or a Recipe, then apply overrides.
+) -> tuple[dict[str, Any], list[tuple[str, Any]], str]:
+    """(the recipe as a dict, the overrides as (key, value) pairs, where it came from) before validation.
 
-    `overrides` is either {"train.batch_size": 16} or ["train.batch_size=16"].
+    `overrides` is either {"train.batch_size": 16} or ["train.batch_size=16"]. Validation
+    needs the task's recipe class, which the task registry (`tlkit.tasks.load_recipe`) supplies.
     """
     origin = "python"
     if source is None:
@@ -493,17 +417,28 @@ def load_recipe(
         data.setdefault("name", path.stem)
         _resolve_relative_source(data, path.parent)
     items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
+    return data, items, origin
+
+
+def validate_recipe(
+    data: dict[str, Any],
+    items: list[tuple[str, Any]],
+    origin: str,
+    cls: type[Recipe],
+    elsewhere: Callable[[str], str | None] = lambda key: None,
+) -> Recipe:
+    """Apply overrides to `data` and validate it as `cls`; every problem in one line."""
     if items:
         try:  # make defaults explicit so overrides can reach into them (train.stages.*.epochs)
-            data = Recipe.model_validate(data).to_dict()
+            data = cls.model_validate(data).to_dict()
         except ValidationError:
             pass
     for key, value in items:
         apply_override(data, key, value)
     try:
-        return Recipe.model_validate(data)
+        return cls.model_validate(data)
     except ValidationError as exc:
-        raise TlkitError(_describe(exc, origin)) from None
+        raise TlkitError(describe_error(exc, origin, cls, elsewhere)) from None
 
 
 def _resolve_relative_source(data: dict[str, Any], base: Path) -> None:
@@ -524,9 +459,9 @@ def _resolve_relative_source(data: dict[str, Any], base: Path) -> None:
         data[section][key] = str((base / value).resolve())
 
 
-def recipe_reference() -> str:
-    """Markdown table of every recipe field, generated from the classes so it never drifts."""
-    rows = ["| field | type | default | description |", "|---|---|---|---|"]
+def reference_rows(cls: type[BaseModel], skip: set[str] | None = None, note: str = "") -> list[str]:
+    """Markdown rows of every field of a recipe class (minus the keys in `skip`), generated so they never drift."""
+    rows: list[str] = []
 
     def walk(cls: type[BaseModel], prefix: str) -> None:
         for name, field in cls.model_fields.items():
@@ -538,17 +473,25 @@ def recipe_reference() -> str:
             if sub is not None:
                 walk(sub, key + ".")
                 continue
-            default = field.get_default(call_default_factory=True)
-            if isinstance(default, list) and default and isinstance(default[0], BaseModel):
-                default = f"{len(default)} items"
-            type_text = str(ann).replace("typing.", "").replace("NoneType", "None")
-            if getattr(ann, "__origin__", None) is Literal:
-                type_text = " / ".join(str(a) for a in ann.__args__)
-            elif isinstance(ann, type):
-                type_text = ann.__name__
-            rows.append(f"| `{key}` | {type_text.replace('|', 'or')} | `{default}` | {field.description or ''} |")
+            if skip is not None and key in skip:
+                continue
+            rows.append(_reference_row(key, field, note))
             if listed is not None:
-                walk(listed, key + "[]." )
+                walk(listed, key + "[].")
 
-    walk(Recipe, "")
-    return "\n".join(rows)
+    walk(cls, "")
+    return rows
+
+
+def _reference_row(key: str, field: Any, note: str) -> str:
+    ann = field.annotation
+    default = field.get_default(call_default_factory=True)
+    if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+        default = f"{len(default)} items"
+    type_text = str(ann).replace("typing.", "").replace("NoneType", "None")
+    if getattr(ann, "__origin__", None) is Literal:
+        type_text = " / ".join(str(a) for a in ann.__args__)
+    elif isinstance(ann, type):
+        type_text = ann.__name__
+    description = (f"{note} " if note else "") + (field.description or "")
+    return f"| `{key}` | {type_text.replace('|', 'or')} | `{default}` | {description.strip()} |"

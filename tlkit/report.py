@@ -6,7 +6,7 @@ pictures (classification: `confusion_matrix.png`, `predictions.png`) and an
 `index.html` that opens from disk with no server or network. The report reads
 only the run directory (and the run's data for sample predictions), so
 `tlkit report RUN_DIR` rebuilds it at any time. What a task draws beyond the
-curves is one entry in `REPORTERS`.
+curves is the task's own `report_figures`.
 
 Figures use matplotlib's object API on the Agg canvas: no pyplot state, no
 display, the same in a notebook and on a server.
@@ -16,38 +16,23 @@ from __future__ import annotations
 
 import datetime
 import html
-import math
 import os
-import shutil
 import sys
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from tlkit import runs
 from tlkit.errors import TlkitError
+from tlkit.figures import Figure, new_figure, save_figure, umask
+from tlkit.tasks import get_task, load_data, load_recipe
 
 REPORT = "report"
 INDEX = "index.html"
 CURVES = "curves.png"
-CONFUSION = "confusion_matrix.png"
-PREDICTIONS = "predictions.png"
 CURVES_INCHES = (11.0, 4.2)
-DPI = 100
-GRID_COLS = 6
-GRID_TILES = 24
-
-
-@dataclass
-class Figure:
-    """A picture of the report: its file in report/, a title and a caption for index.html."""
-
-    file: str
-    title: str
-    caption: str = ""
 
 
 @dataclass
@@ -66,55 +51,22 @@ class ReportContext:
 
     def model(self) -> Any:
         if self._model is None:
-            from tlkit.models.classifier import load_run_model
+            from tlkit.models.stages import load_run_model
 
             self._model = load_run_model(self.run_dir)
         return self._model
 
     def bundle(self) -> Any:
         if self._bundle is None:
-            from tlkit.data.sources import load_data
-
-            self._bundle = load_data(self.recipe.data, self.recipe.seed, progress=False, task=self.recipe.task)
+            self._bundle = load_data(self.recipe, progress=False)
         return self._bundle
 
-
-@dataclass(frozen=True)
-class TaskReport:
-    """A task's part of the report: the metric drawn beside the loss, and its own figures."""
-
-    metric: str
-    figures: Callable[[ReportContext], list[Figure]] = field(default=lambda ctx: [])
+    def eval_batches(self, split: str, batch: int) -> Any:
+        """Plain batches of a split through the task's own evaluation pipeline."""
+        return get_task(self.recipe).eval_pipeline(self.bundle(), self.recipe, split, batch)
 
 
-REPORTERS: dict[str, TaskReport] = {}
-
-
-def register_report(task: str, entry: TaskReport) -> TaskReport:
-    """Add (or replace) what the report draws for runs of `task` (recipe `task:`)."""
-    REPORTERS[task] = entry
-    return entry
-
-
-# ----------------------------------------------------------------------------- drawing helpers
-
-
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.figure import Figure as MplFigure
-
-    return MplFigure(figsize=(width, height), dpi=DPI)
-
-
-def _umask() -> int:
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return mask
-
-
-def _save(fig: Any, path: Path) -> None:
-    from tlkit.inspection import save_figure
-
-    save_figure(fig, path)
+# ----------------------------------------------------------------------------- curves
 
 
 def stage_starts(recipe: Any) -> list[tuple[str, int]]:
@@ -140,7 +92,7 @@ def plot_curves(history: list[dict[str, float]], stages: list[tuple[str, int]], 
         raise TlkitError("history.csv has no epochs: nothing to draw (did the run finish an epoch?)")
     epochs = np.array([row["epoch"] + 1 for row in history])
     column = _metric_column(history, metric)
-    fig = _figure(*CURVES_INCHES)
+    fig = new_figure(*CURVES_INCHES)
     panels = [("loss", "loss")] + ([(column, column.replace("_", " "))] if column else [])
     for i, (key, label) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), i + 1)
@@ -168,221 +120,7 @@ def plot_curves(history: list[dict[str, float]], stages: list[tuple[str, int]], 
         ax.legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="best")
         ax.set_xlim(0.5, max(epochs.max(), stages[-1][1] + 1 if stages else 1) + 0.5)
     fig.tight_layout()
-    _save(fig, path)
-
-
-def confusion_inches(num_classes: int) -> float:
-    """Side of the square confusion-matrix figure: grows with the classes, capped."""
-    return float(min(max(5.0, 0.45 * num_classes + 3.0), 20.0))
-
-
-def plot_confusion(matrix: np.ndarray, labels: list[str], split: str, path: Path) -> None:
-    """Row-normalized (each true class sums to 1), counts in brackets, label names on both axes."""
-    counts = np.asarray(matrix, np.int64)
-    totals = counts.sum(axis=1, keepdims=True)
-    norm = np.divide(counts, totals, out=np.zeros(counts.shape, float), where=totals > 0)
-    n = len(labels)
-    side = confusion_inches(n)
-    fig = _figure(side, side)
-    ax = fig.add_subplot(1, 1, 1)
-    shade = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(shade, ax=ax, fraction=0.046, pad=0.04)
-    ax.set_xticks(range(n), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(n), labels, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix ({split}, {int(counts.sum())} images, rows normalized)", fontsize=10)
-    if n <= 25:
-        for t in range(n):
-            for p in range(n):
-                colour = "white" if norm[t, p] > 0.5 else "black"
-                ax.text(p, t, f"{norm[t, p]:.2f}\n({counts[t, p]})", ha="center", va="center", fontsize=7, color=colour)
-    fig.tight_layout()
-    _save(fig, path)
-
-
-def grid_inches(tiles: int, cols: int = GRID_COLS) -> tuple[float, float]:
-    rows = max(1, math.ceil(tiles / cols))
-    return (1.9 * min(cols, max(tiles, 1)), 2.15 * rows + 0.5)
-
-
-def worst_first(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
-    """Mistakes by falling confidence in the wrong class, then correct ones by rising confidence."""
-    pred = probs.argmax(axis=1)
-    conf = probs.max(axis=1)
-    wrong = np.flatnonzero(pred != labels)
-    right = np.flatnonzero(pred == labels)
-    return np.concatenate([wrong[np.argsort(-conf[wrong], kind="stable")], right[np.argsort(conf[right], kind="stable")]])
-
-
-def plot_predictions(
-    images: np.ndarray, labels: np.ndarray, probs: np.ndarray, names: list[str], split: str, path: Path, tiles: int = GRID_TILES
-) -> None:
-    """A grid of images with true label, predicted label and confidence, worst mistakes first."""
-    order = worst_first(labels, probs)[:tiles]
-    pred = probs.argmax(axis=1)
-    wrong = int((pred != labels).sum())
-    width, height = grid_inches(len(order))
-    fig = _figure(width, height)
-    cols = min(GRID_COLS, max(len(order), 1))
-    rows = max(1, math.ceil(len(order) / cols))
-    fig.suptitle(f"{split}: {wrong} of {len(labels)} wrong; worst mistakes first", fontsize=10)
-    for i, k in enumerate(order):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(images[k].astype(np.uint8), interpolation="nearest")
-        ok = pred[k] == labels[k]
-        ax.set_title(
-            f"true: {names[labels[k]]}\npred: {names[pred[k]]} {probs[k, pred[k]]:.0%}",
-            fontsize=7,
-            color="tab:green" if ok else "tab:red",
-        )
-        ax.axis("off")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))
-    _save(fig, path)
-
-
-# ----------------------------------------------------------------------------- classification
-
-
-def _predict_split(ctx: ReportContext, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(uint8-range images, labels, probabilities) of the first `max_images` images of a split."""
-    import tensorflow as tf
-
-    from tlkit.data.pipeline import make_pipeline
-    from tlkit.models.classifier import input_size
-
-    model = ctx.model()
-    part = ctx.bundle().splits[split]
-    batch = 64
-    batches = make_pipeline(part, input_size(ctx.recipe), len(ctx.labels), batch, cache=False)
-    call = tf.function(lambda x: tf.nn.softmax(model(x, training=False), axis=-1), reduce_retracing=True)
-    images, labels, probs = [], [], []
-    for x, onehot in batches.take(math.ceil(ctx.max_images / batch)):
-        images.append(x.numpy())
-        labels.append(np.argmax(onehot.numpy(), axis=1))
-        probs.append(call(x).numpy())
-    n = ctx.max_images
-    return np.concatenate(images)[:n], np.concatenate(labels)[:n], np.concatenate(probs)[:n]
-
-
-def _confusion_figure(ctx: ReportContext, title: str, over: str = "") -> list[Figure]:
-    """The normalized confusion matrix of metrics.json, if the run recorded one."""
-    if "confusion_matrix" not in ctx.metrics:
-        return []
-    split = ctx.metrics.get("split", "test")
-    plot_confusion(np.array(ctx.metrics["confusion_matrix"]), ctx.labels, split, ctx.out / CONFUSION)
-    return [Figure(CONFUSION, title, f"On the {split} split{over}: rows are the true classes, each sums to 1.")]
-
-
-def _eval_split(ctx: ReportContext) -> str | None:
-    splits = ctx.bundle().splits
-    return next((s for s in ("val", "test", "train") if s in splits), None)
-
-
-def classification_figures(ctx: ReportContext) -> list[Figure]:
-    figures = _confusion_figure(ctx, "Confusion matrix")
-    split = _eval_split(ctx)
-    if split is not None:
-        images, labels, probs = _predict_split(ctx, split)
-        plot_predictions(images, labels, probs, ctx.labels, split, ctx.out / PREDICTIONS)
-        figures.append(
-            Figure(
-                PREDICTIONS,
-                "Predictions",
-                f"{min(len(labels), GRID_TILES)} of the first {len(labels)} {split} images: the most confident "
-                "mistakes first (red), then the least confident correct answers (green).",
-            )
-        )
-    return figures
-
-
-register_report("classification", TaskReport(metric="accuracy", figures=classification_figures))
-
-
-# ----------------------------------------------------------------------------- segmentation
-
-OVERLAYS = "overlays.png"
-OVERLAY_ROWS = 8
-
-
-def _predict_masks(ctx: ReportContext, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(uint8-range images, true masks with 255 = ignore, predicted masks) of the first `max_images` of a split."""
-    import tensorflow as tf
-
-    from tlkit.tasks import get_task
-
-    model = ctx.model()
-    batches = get_task(ctx.recipe).eval_pipeline(ctx.bundle(), ctx.recipe, split, 16)
-    call = tf.function(lambda x: tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32), reduce_retracing=True)
-    images, truths, preds, n = [], [], [], 0
-    for x, y in batches:
-        images.append(x.numpy())
-        truths.append(y.numpy()[..., 0])
-        preds.append(call(x).numpy())
-        n += len(images[-1])
-        if n >= ctx.max_images:
-            break
-    k = ctx.max_images
-    return np.concatenate(images)[:k], np.concatenate(truths)[:k], np.concatenate(preds)[:k]
-
-
-def worst_masks_first(truths: np.ndarray, preds: np.ndarray) -> np.ndarray:
-    """Images by rising pixel accuracy over their valid (not ignored) pixels."""
-    valid = truths != 255
-    right = ((truths == preds) & valid).reshape(len(truths), -1).sum(axis=1)
-    accuracy = right / np.maximum(valid.reshape(len(truths), -1).sum(axis=1), 1)
-    return np.argsort(accuracy, kind="stable"), accuracy
-
-
-def plot_overlays(
-    images: np.ndarray, truths: np.ndarray, preds: np.ndarray, names: list[str], split: str, path: Path, rows: int = OVERLAY_ROWS
-) -> None:
-    """Rows of (image, true mask, predicted mask), the worst images first, with a colour legend."""
-    from matplotlib.patches import Patch
-
-    from tlkit.segmentation.serving import palette
-
-    order, accuracy = worst_masks_first(truths, preds)
-    order = order[:rows]
-    colours = np.concatenate([palette(len(names)), np.array([[128, 128, 128]], np.uint8)])
-    height = 2.0 * max(len(order), 1) + 0.9
-    fig = _figure(6.4, height)
-    fig.suptitle(f"{split}: image, true mask, prediction; worst pixel accuracy first", fontsize=10)
-    for r, k in enumerate(order):
-        image = images[k].clip(0, 255).astype(np.uint8)
-        truth = np.where(truths[k] == 255, len(names), truths[k])
-        panels = (image, colours[truth], colours[preds[k]])
-        titles = ("image", "true mask", f"predicted mask ({accuracy[k]:.0%} of pixels right)")
-        for c, (panel, title) in enumerate(zip(panels, titles)):
-            ax = fig.add_subplot(max(len(order), 1), 3, 3 * r + c + 1)
-            ax.imshow(panel, interpolation="nearest")
-            ax.set_title(title, fontsize=7)
-            ax.axis("off")
-    handles = [Patch(color=colours[i] / 255.0, label=name) for i, name in enumerate(names)]
-    handles.append(Patch(color=colours[-1] / 255.0, label="ignored"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.35 / height, 1, 1 - 0.45 / height))
-    _save(fig, path)
-
-
-def segmentation_figures(ctx: ReportContext) -> list[Figure]:
-    figures = _confusion_figure(ctx, "Pixel confusion matrix", ", over valid pixels")
-    split = _eval_split(ctx)
-    if split is not None:
-        images, truths, preds = _predict_masks(ctx, split)
-        plot_overlays(images, truths, preds, ctx.labels, split, ctx.out / OVERLAYS)
-        figures.append(
-            Figure(
-                OVERLAYS,
-                "Masks",
-                f"{min(len(images), OVERLAY_ROWS)} of the first {len(images)} {split} images, the lowest pixel accuracy "
-                "first: the image, its true mask (grey: ignored pixels) and the predicted mask.",
-            )
-        )
-    return figures
-
-
-register_report("segmentation", TaskReport(metric="mean_iou", figures=segmentation_figures))
+    save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- index.html
@@ -508,48 +246,34 @@ def write_report(
     run's best.keras and its data are loaded. The folder is built under a
     temporary name and swapped in whole, so a failure leaves the old report (or none).
     """
-    from tlkit.recipe import load_recipe
-    from tlkit.train import read_history
-
     run_dir = runs.require_run_dir(run_dir)
     if not (run_dir / runs.METRICS).is_file():
         raise TlkitError(f"run {run_dir} has no {runs.METRICS}: it has not finished (resume it with tlkit finetune --resume)")
     if max_images < 1:
         raise TlkitError(f"max_images must be at least 1, got {max_images}")
     recipe = load_recipe(run_dir / runs.RECIPE)
-    entry = REPORTERS.get(recipe.task, TaskReport(metric="accuracy"))
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{REPORT}.tmp-"))
-    try:
+    task = get_task(recipe)
+    final = run_dir / REPORT
+    with runs.atomic_folder(final, replace=True) as tmp:
         ctx = ReportContext(
             run_dir=run_dir,
             out=tmp,
             recipe=recipe,
             labels=runs.read_labels(run_dir),
             metrics=runs.read_json(run_dir / runs.METRICS),
-            history=read_history(run_dir),
+            history=runs.read_history(run_dir),
             max_images=max_images,
             _model=model,
             _bundle=bundle,
         )
-        plot_curves(ctx.history, stage_starts(recipe), entry.metric, tmp / CURVES)
+        plot_curves(ctx.history, stage_starts(recipe), task.headline, tmp / CURVES)
         figures = [
             Figure(CURVES, "Training curves", "Train and validation per epoch; dotted lines mark stage boundaries, "
                    "the dashed grey line is the learning rate (right axis)."),
-            *entry.figures(ctx),
+            *task.report_figures(ctx),
         ]
         (tmp / INDEX).write_text(render_index(ctx, figures), encoding="utf-8")
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; a report is for sharing
-        final = run_dir / REPORT
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{REPORT}.old-"))
-            os.replace(final, old / REPORT)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os.chmod(tmp, 0o777 & ~umask())  # a report is for sharing
     if not quiet:
         print(f"report: {final / INDEX}", flush=True)
     return final / INDEX

@@ -6,10 +6,12 @@ a run can be repeated or continued from its own folder.
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,6 +32,7 @@ SKIPPED = "skipped_files.txt"
 VERSIONS = "versions.json"
 STATE = "state.json"
 BACKUP = "backup"
+TASK_STATE = "task_state.json"  # what a task fitted after training (e.g. thresholds), read by evaluate/export
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -75,6 +78,50 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         if is_disk_full(exc):
             raise disk_full_error(path) from None
         raise
+
+
+@contextmanager
+def atomic_folder(final: str | os.PathLike[str], replace: bool = False) -> Iterator[Path]:
+    """A fresh folder `.tmp-NAME-PID` beside `final` to fill; on success it becomes `final` whole.
+
+    `replace=True`: an existing `final` is moved aside and removed only once the new one is in
+    place; `replace=False`: an existing `final` is an error. On any failure (Ctrl-C too) the
+    temporary folder is removed and `final` is as it was; a full disk becomes one TlkitError
+    naming `final`.
+    """
+    final = Path(final)
+    if final.exists() and not replace:
+        raise TlkitError(f"{final} already exists; nothing was written")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # this process's own leftover of an earlier failure
+    tmp.mkdir()
+    try:
+        yield tmp
+        _swap_in(tmp, final, replace)
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(exc):
+            raise disk_full_error(final) from None
+        raise
+
+
+def _swap_in(tmp: Path, final: Path, replace: bool) -> None:
+    """Rename `tmp` to `final`; a `final` already there is set aside first (put back if the rename fails)."""
+    if not final.exists():
+        os.replace(tmp, final)
+        return
+    if not replace:
+        raise TlkitError(f"{final} appeared while it was being written; nothing was written")
+    old = final.with_name(f".old-{final.name}-{os.getpid()}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -153,3 +200,15 @@ def require_run_dir(path: str | Path) -> Path:
     if not (path / RECIPE).is_file():
         raise TlkitError(f"'{path}' is not a tlkit run directory: it has no {RECIPE}")
     return path
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, float]]:
+    """history.csv as a list of rows; a resumed epoch's later row replaces the earlier one."""
+    path = Path(run_dir) / HISTORY
+    if not path.is_file():
+        return []
+    rows: dict[int, dict[str, float]] = {}
+    with path.open() as f:
+        for r in csv.DictReader(f):
+            rows[int(r["epoch"])] = {k: float(v) for k, v in r.items() if v not in (None, "")}
+    return [rows[k] for k in sorted(rows)]

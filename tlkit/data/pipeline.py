@@ -13,7 +13,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from tlkit.data.sources import SplitData
+from tlkit.data.bundle import SplitData
 from tlkit.recipe import Augment
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -79,10 +79,10 @@ def cached_images(
         lambda image, label: (tf.cast(tf.round(resize_image(image, image_size)), tf.uint8), label),
         num_parallel_calls=AUTOTUNE,
     )
-    return _cache(ds, split.size * image_size * image_size * 3, cache, cache_dir, f"images_{image_size}")
+    return cache_dataset(ds, split.size * image_size * image_size * 3, cache, cache_dir, f"images_{image_size}")
 
 
-def _cache(ds: tf.data.Dataset, nbytes: int, cache: bool, cache_dir: str | Path | None, name: str) -> tf.data.Dataset:
+def cache_dataset(ds: tf.data.Dataset, nbytes: int, cache: bool, cache_dir: str | Path | None, name: str) -> tf.data.Dataset:
     """In memory within the budget, else in files under cache_dir (if given), else not at all."""
     if cache and nbytes <= CACHE_BUDGET_BYTES:
         return ds.cache()
@@ -92,10 +92,15 @@ def _cache(ds: tf.data.Dataset, nbytes: int, cache: bool, cache_dir: str | Path 
     return ds
 
 
+def one_hot(num_classes: int) -> Any:
+    """Class indices -> one-hot rows, so label smoothing works."""
+    return lambda labels: tf.one_hot(labels, num_classes)
+
+
 def make_pipeline(
     split: SplitData,
     image_size: int,
-    num_classes: int,
+    encode: Any,
     batch_size: int,
     *,
     training: bool = False,
@@ -105,89 +110,23 @@ def make_pipeline(
     cache_dir: str | Path | None = None,
     images: tf.data.Dataset | None = None,
 ) -> tf.data.Dataset:
-    """Batches of (float32 images, one-hot labels); one-hot so label smoothing works.
+    """Batches of (float32 images, encode(labels)): `encode` turns a batch of targets into what the loss takes
+    (a number of classes means one-hot rows).
 
     `images` is a `cached_images` dataset to share between pipelines; without it
     the split gets its own (see `cached_images` for the cache).
     """
+    if isinstance(encode, int):
+        encode = one_hot(encode)
     ds = images if images is not None else cached_images(split, image_size, cache=cache, cache_dir=cache_dir)
     if training:
         ds = ds.shuffle(min(split.size, 10_000), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     ds = ds.map(
-        lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes)),
+        lambda image, label: (tf.cast(image, tf.float32), encode(label)),
         num_parallel_calls=AUTOTUNE,
     )
     aug = augmenter(augment, seed) if training and augment is not None else None
     if aug is not None:
         ds = ds.map(lambda image, label: (aug(image, training=True), label), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
-
-
-# ----------------------------------------------------------------------------- segmentation
-
-
-def resize_mask(mask: tf.Tensor, size: int) -> tf.Tensor:
-    """Nearest neighbour: a mask's values are class ids, never to be blended."""
-    return tf.image.resize(mask, (size, size), method="nearest")
-
-
-def cached_pairs(
-    split: SplitData, image_size: int, table: tf.Tensor, *, cache: bool = True, cache_dir: str | Path | None = None
-) -> tf.data.Dataset:
-    """(uint8 image, uint8 class-index mask [S, S, 1]) at the model size, decoded once (see `cached_images`).
-
-    A mask of another size than its image is simply resized to the model size too.
-    """
-    ds = split.dataset.map(
-        lambda image, mask: (
-            tf.cast(tf.round(resize_image(image, image_size)), tf.uint8),
-            tf.gather(table, tf.cast(resize_mask(mask, image_size), tf.int32)),
-        ),
-        num_parallel_calls=AUTOTUNE,
-    )
-    return _cache(ds, split.size * image_size * image_size * 4, cache, cache_dir, f"pairs_{image_size}")
-
-
-def paired_augmenter(augment: Augment, seed: int):
-    """One function that moves image and mask together: geometric transforms to both
-    (nearest neighbour on the mask), photometric ones to the image only."""
-    aug = augmenter(augment, seed)
-    if aug is None:
-        return None
-    layers = list(aug.layers)
-
-    def apply(images: tf.Tensor, masks: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        data = {"images": images, "segmentation_masks": tf.cast(masks, tf.float32)}
-        for layer in layers:
-            if isinstance(layer, PixelNoise):  # photometric: the image only
-                data["images"] = layer(data["images"], training=True)
-            else:
-                data = layer(data, training=True)
-        return data["images"], tf.cast(tf.round(data["segmentation_masks"]), tf.int32)
-
-    return apply
-
-
-def make_seg_pipeline(
-    split: SplitData,
-    image_size: int,
-    table: tf.Tensor,
-    batch_size: int,
-    *,
-    training: bool = False,
-    augment: Augment | None = None,
-    seed: int = 0,
-    pairs: tf.data.Dataset | None = None,
-) -> tf.data.Dataset:
-    """Batches of (float32 images [B, S, S, 3], int32 class masks [B, S, S, 1]; 255 = ignore)."""
-    ds = pairs if pairs is not None else cached_pairs(split, image_size, table)
-    if training:
-        ds = ds.shuffle(min(split.size, 10_000), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size).map(
-        lambda image, mask: (tf.cast(image, tf.float32), tf.cast(mask, tf.int32)), num_parallel_calls=AUTOTUNE
-    )
-    aug = paired_augmenter(augment, seed) if training and augment is not None else None
-    if aug is not None:
-        ds = ds.map(aug, num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)

@@ -1,26 +1,42 @@
 """The backbone registry: one entry per backbone, as timm and segmentation_models do.
 
 An entry says how to build the network, how it wants its pixels, its default
-and smallest input, the constructor options a recipe may set, and the layers a
-segmentation decoder takes skip connections from. Adding a backbone is one
-`register_backbone(BackboneSpec(...))` call.
+and smallest input, the constructor options a recipe may set, its default
+weights and the layers a segmentation decoder takes skip connections from.
+Adding a backbone is one `register_backbone(BackboneSpec(...))` call.
+
+What differs between entries is data or a hook on the entry, never a test of
+its name: `build` (how the nested "backbone" model is made), `skips` (its skip
+layers and their strides), `check` (validation that needs no building), plus
+`default_weights`, `pretrained`, `configured_by` and `no_skips_reason`. The
+keras.applications entries share the defaults (`build_applications`,
+`named_skips`, `check_min_size`); `scratch`, the from-scratch stack, brings its
+own hooks from tlkit.models.scratch, all driven by `model.blocks`.
+
+Generic code asks through the functions below, never reads a hook itself:
+`validate_model`, `build_backbone`, `resolve_weights`, `is_pretrained`,
+`skip_refs` / `skip_layer_outputs`, `can_feed_decoder`, `count_params`.
 
 Skip-layer convention
 ---------------------
-`skip_layers[i]` is the feature map at stride `skip_strides[i]`; strides are
-increasing and a subset of (2, 4, 8, 16) (the backbone output is stride 32).
+`skip_refs(spec, blocks)` gives `Skip(ref, stride)` pairs, shallow first, strides
+increasing; for the keras.applications entries they are the `skip_layers` /
+`skip_strides` fields, a subset of strides (2, 4, 8, 16) (the output is stride 32).
+`scratch` computes them from its blocks (its fields are empty): the activation
+before each downsampling, at stride 1, 2, 4 for the default blocks.
 A stride is left out when the backbone has no stably-named layer there
 (ConvNeXt's patchify stem starts at stride 4; InceptionV3's stem layers get
-session-dependent generated names). Each entry names a layer whose *output* is
+session-dependent generated names). Each ref names a layer whose *output* is
 the feature, except `"NAME:input"`, which means that layer's *input* (ConvNeXt:
 stage outputs are unnamed residual adds, so we take the input of the next
-downsampling block). Resolve them with `skip_layer_outputs(backbone, spec)`.
+downsampling block). Resolve them with `skip_layer_outputs(backbone, spec, blocks)`.
 Each is the last layer at that resolution before the next downsampling,
 preferring activation outputs; MobileNetV3's activations have generated names,
 so its entries are the BatchNorm just before them. With `aligned=True` and an
 input that is a multiple of 32, a stride-s skip is exactly input/s pixels;
 Xception and InceptionV3 use 'valid' convolutions, so theirs are a few pixels
-smaller (`aligned=False`) and a decoder must resize or crop.
+smaller (`aligned=False`) and a decoder must resize or crop; `scratch` is
+exact only when its blocks use 'same' convolutions and the input divides.
 """
 
 from __future__ import annotations
@@ -33,11 +49,12 @@ import socket
 import urllib.error
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import keras
 
 from tlkit.errors import TlkitError
+from tlkit.models import scratch
 
 A = keras.applications
 
@@ -45,30 +62,87 @@ WEIGHT_KEYWORDS = ("imagenet", "none")
 DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation: a dead network fails instead of hanging
 
 
+class Skip(NamedTuple):
+    """One skip connection: a layer reference ("NAME" or "NAME:input") and its stride."""
+
+    ref: str
+    stride: int
+
+
+# ----------------------------------------------------------------------------- default hooks (keras.applications)
+
+
+def build_applications(
+    spec: "BackboneSpec", input_size: int, weights: str, options: Mapping[str, Any], blocks: Sequence[Any] | None
+) -> keras.Model:
+    """Builder of the keras.applications entries: `spec.constructor` without its top.
+
+    `weights` is 'none', 'imagenet' or an expanded file path (build_backbone resolved it).
+    """
+    kwargs: dict[str, Any] = dict(spec.fixed)
+    kwargs.update(options)
+    # No `name=`: EfficientNetV2 looks its block layout up by that name and breaks on any other.
+    inner = spec.constructor(
+        include_top=False,
+        weights=None if weights == "none" else weights,
+        input_shape=(input_size, input_size, 3),
+        pooling=None,
+        **kwargs,
+    )
+    # A functional wrapper over the same layers gives every backbone the same name.
+    return keras.Model(inner.input, inner.output, name="backbone")
+
+
+def named_skips(spec: "BackboneSpec", blocks: Sequence[Any] | None) -> tuple[Skip, ...]:
+    """Skips of an entry with fixed layer names: its `skip_layers` at its `skip_strides`."""
+    return tuple(Skip(ref, stride) for ref, stride in zip(spec.skip_layers, spec.skip_strides))
+
+
+def check_min_size(
+    spec: "BackboneSpec", input_size: int, options: Mapping[str, Any], weights: str, blocks: Sequence[Any] | None
+) -> None:
+    """Check of the fixed architectures: the input is at least the entry's `min_size`."""
+    if input_size < spec.min_size:
+        raise TlkitError(f"{spec.name} needs input_size >= {spec.min_size}, got {input_size} (set model.input_size)")
+
+
+BuildFn = Callable[["BackboneSpec", int, str, Mapping[str, Any], "Sequence[Any] | None"], keras.Model]
+SkipsFn = Callable[["BackboneSpec", "Sequence[Any] | None"], Sequence[tuple[str, int]]]
+CheckFn = Callable[["BackboneSpec", int, Mapping[str, Any], str, "Sequence[Any] | None"], None]
+
+_NO_SKIPS = "backbone '{name}' has no registered skip layers: it cannot feed a segmentation decoder"
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
-    """What tlkit needs to know about a backbone (see the module docstring for skip layers)."""
+    """What tlkit needs to know about a backbone (see the module docstring for hooks and skip layers)."""
 
     name: str  # registry key, lowercase: "mobilenet", "mobilenet_v2", "efficientnet_b0", ...
-    constructor: Callable[..., keras.Model]  # e.g. keras.applications.MobileNet
+    constructor: Callable[..., keras.Model] | None  # e.g. keras.applications.MobileNet (used by build_applications)
     preprocess: str  # a tlkit.models.preprocess.Preprocess mode
     default_size: int
-    min_size: int  # smallest input the architecture accepts
-    skip_layers: tuple[str, ...]  # features at skip_strides, shallow first
+    min_size: int  # smallest input the architecture accepts (scratch: with its default blocks)
+    skip_layers: tuple[str, ...]  # features at skip_strides, shallow first (named_skips); () if `skips` computes them
     options: tuple[str, ...] = ()  # constructor options a recipe may set (model.options)
     skip_strides: tuple[int, ...] = (2, 4, 8, 16)
     fixed: tuple[tuple[str, Any], ...] = ()  # constructor arguments tlkit always sets
     aliases: tuple[str, ...] = ()  # extra lookup names (lookups also ignore case, '_' and '-')
     aligned: bool = True  # skips are exactly input/stride for inputs that are multiples of 32
+    default_weights: str = "imagenet"  # what model.weights means when the recipe leaves it unset
+    pretrained: bool = True  # 'imagenet' weights exist (else model.weights: imagenet is refused)
+    configured_by: str = "model.options"  # the recipe field that shapes this network (errors name it)
+    no_skips_reason: str = _NO_SKIPS  # can_feed_decoder's answer when the entry has no skips ({name} filled in)
+    build: BuildFn = build_applications  # (spec, input_size, weights, options, blocks) -> keras.Model
+    skips: SkipsFn = named_skips  # (spec, blocks) -> ((ref, stride), ...), shallow first
+    check: CheckFn = check_min_size  # (spec, input_size, options, weights, blocks) -> None or TlkitError
 
     def __post_init__(self) -> None:
         if len(self.skip_layers) != len(self.skip_strides):
             raise ValueError(f"{self.name}: skip_layers and skip_strides must have the same length")
-
-    @property
-    def can_feed_decoder(self) -> bool:
-        """True when a U-Net decoder can take all four skips (strides 2..16) without resizing."""
-        return self.aligned and self.skip_strides == (2, 4, 8, 16)
+        if self.build is build_applications and self.constructor is None:
+            raise ValueError(f"{self.name}: give a constructor or a build hook")
+        if self.default_weights == "imagenet" and not self.pretrained:
+            raise ValueError(f"{self.name}: default_weights 'imagenet' needs pretrained=True")
 
 
 REGISTRY: dict[str, BackboneSpec] = {}
@@ -108,10 +182,6 @@ def get_backbone(name: "str | BackboneSpec") -> BackboneSpec:
 # ----------------------------------------------------------------------------- entries
 
 
-def _scratch_constructor(**_: Any) -> keras.Model:
-    raise TypeError("the scratch stack is built by build_backbone('scratch', ..., blocks=...)")
-
-
 _PRE = (("include_preprocessing", True),)
 _EFFICIENTNET_SKIPS = (
     "block2a_expand_activation",
@@ -121,8 +191,19 @@ _EFFICIENTNET_SKIPS = (
 )
 
 for _spec in (
-    # built from model.blocks: its skips depend on them (tlkit.models.scratch.scratch_skip_layers)
-    BackboneSpec("scratch", _scratch_constructor, "unit", 64, 8, (), skip_strides=()),
+    # the from-scratch stack: built, checked and tapped from model.blocks (tlkit.models.scratch)
+    BackboneSpec(
+        "scratch", None, "unit", 64, 8, (),
+        skip_strides=(),
+        aligned=False,  # exact only for 'same' convs on a divisible input
+        default_weights="none",
+        pretrained=False,
+        configured_by="model.blocks",
+        no_skips_reason="model.blocks never downsample: a U-Net encoder needs blocks with pooling or stride > 1",
+        build=scratch.scratch_build,
+        skips=scratch.scratch_skips,
+        check=scratch.scratch_check,
+    ),
     BackboneSpec(
         "mobilenet", A.MobileNet, "tf", 224, 32,
         ("conv_pw_1_relu", "conv_pw_3_relu", "conv_pw_5_relu", "conv_pw_11_relu"),
@@ -198,15 +279,35 @@ for _spec in (
     register_backbone(_spec)
 
 
-# ----------------------------------------------------------------------------- building
+# ----------------------------------------------------------------------------- weights, checks, building
 
 
-def _weights_kind(weights: "str | os.PathLike[str] | None") -> str:
-    """'none', 'imagenet' or 'path' (keywords are case-insensitive; Python None means 'none')."""
-    if weights is None:
-        return "none"
+def _weights_kind(weights: "str | os.PathLike[str]") -> str:
+    """'none', 'imagenet' or 'path' (keywords are case-insensitive)."""
     text = str(weights)
     return text.lower() if text.lower() in WEIGHT_KEYWORDS else "path"
+
+
+def resolve_weights(backbone: "str | BackboneSpec", weights: "str | os.PathLike[str] | None") -> str:
+    """`model.weights` as the entry takes it: None -> its `default_weights` ('imagenet'; 'none' for scratch).
+
+    Keywords come back lowercase ('imagenet', 'none'); a path comes back as given (a str).
+    """
+    spec = get_backbone(backbone)
+    if weights is None:
+        return spec.default_weights
+    kind = _weights_kind(weights)
+    return str(weights) if kind == "path" else kind
+
+
+def is_pretrained(backbone: "str | BackboneSpec", weights: "str | os.PathLike[str] | None") -> bool:
+    """True when the backbone starts from trained weights: not 'none', and the entry has pretrained weights.
+
+    The `batchnorm: auto` policy: pretrained statistics are kept, fresh ones train. A file
+    saved by an entry without pretrained weights (scratch) counts as not pretrained.
+    """
+    spec = get_backbone(backbone)
+    return spec.pretrained and resolve_weights(spec, weights) != "none"
 
 
 def validate_model(
@@ -214,31 +315,40 @@ def validate_model(
     input_size: int,
     options: Mapping[str, Any] | None,
     weights: "str | os.PathLike[str] | None",
+    blocks: Sequence[Any] | None = None,
 ) -> BackboneSpec:
-    """Every check that needs no building, so a bad recipe fails before any data is read."""
+    """Every check that needs no building, so a bad recipe fails before any data is read.
+
+    Options the entry does not take, the entry's own `check` (input size; scratch: every
+    block of `blocks` keeps a non-empty map), a weights file that is not there, and
+    'imagenet' for an entry without pretrained weights. `weights` None means the entry's default.
+    """
     spec = get_backbone(backbone)
-    unknown = [key for key in (options or {}) if key not in spec.options]
+    options = dict(options or {})
+    unknown = [key for key in options if key not in spec.options]
     if unknown:
         takes = ", ".join(spec.options) or "(none)"
-        if spec.name == "scratch":
-            takes += "; the scratch stack is configured by model.blocks"
+        if spec.configured_by != "model.options":
+            takes += f"; {spec.name} is configured by {spec.configured_by}"
         names = ", ".join(f"'{u}'" for u in unknown)
         verb = "is" if len(unknown) == 1 else "are"
         raise TlkitError(
             f"option{'s' if len(unknown) > 1 else ''} {names} {verb} not available for {spec.name}; it takes: {takes}"
         )
-    if input_size < spec.min_size:
-        raise TlkitError(f"{spec.name} needs input_size >= {spec.min_size}, got {input_size} (set model.input_size)")
-    kind = _weights_kind(weights)
+    resolved = resolve_weights(spec, weights)
+    spec.check(spec, input_size, options, resolved, blocks)
+    kind = _weights_kind(resolved)
     if kind == "path":
-        path = Path(str(weights)).expanduser()
+        path = Path(resolved).expanduser()
         if not path.is_file():
             raise TlkitError(
                 f"weights file '{weights}' not found: model.weights takes 'imagenet', 'none' or the path of a "
                 ".h5 / .weights.h5 file"
             )
-    if spec.name == "scratch" and kind == "imagenet":
-        raise TlkitError("backbone 'scratch' has no pretrained weights: set model.weights: none (or a file it saved)")
+    if kind == "imagenet" and not spec.pretrained:
+        raise TlkitError(
+            f"backbone '{spec.name}' has no pretrained weights: set model.weights: none (or a file it saved)"
+        )
     return spec
 
 
@@ -247,65 +357,36 @@ def build_backbone(
     input_size: int,
     weights: "str | os.PathLike[str] | None" = "none",
     options: Mapping[str, Any] | None = None,
-    *,
     blocks: Sequence[Any] | None = None,
 ) -> keras.Model:
-    """A feature extractor named 'backbone': (N, s, s, 3) images -> stride-32 feature map.
+    """A feature extractor named 'backbone': (N, s, s, 3) images -> its deepest feature map.
 
     `weights`: 'none' (random init), 'imagenet' (Keras download, or its cache in
-    ~/.keras/models/) or a weights file path. `blocks` is only used by 'scratch'
-    (default: the recipe's default blocks). Every user mistake is a TlkitError.
+    ~/.keras/models/), a weights file path, or None for the entry's default.
+    `blocks` shapes the entries configured by model.blocks (scratch; default: the
+    recipe's default blocks); the others ignore it. Every user mistake is a TlkitError.
     """
     options = dict(options or {})
-    spec = validate_model(spec_or_name, input_size, options, weights)
-    kind = _weights_kind(weights)
-    if spec.name == "scratch":
-        return _build_scratch_backbone(spec, input_size, weights, blocks)
-    kwargs: dict[str, Any] = dict(spec.fixed)
-    kwargs.update(options)
-    weights_arg = None if kind == "none" else "imagenet" if kind == "imagenet" else str(Path(str(weights)).expanduser())
+    spec = validate_model(spec_or_name, input_size, options, weights, blocks)
+    resolved = resolve_weights(spec, weights)
+    kind = _weights_kind(resolved)
+    if kind == "path":
+        resolved = str(Path(resolved).expanduser())
     previous_timeout = socket.getdefaulttimeout()
     if kind == "imagenet" and previous_timeout is None:
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        # No `name=`: EfficientNetV2 looks its block layout up by that name and breaks on any other.
-        inner = spec.constructor(
-            include_top=False,
-            weights=weights_arg,
-            input_shape=(input_size, input_size, 3),
-            pooling=None,
-            **kwargs,
-        )
+        model = spec.build(spec, input_size, resolved, options, blocks)
+    except TlkitError:
+        raise
     except Exception as exc:
         raise _build_error(exc, spec, kind, weights, input_size, options) from None
     finally:
         if kind == "imagenet" and previous_timeout is None:
             socket.setdefaulttimeout(previous_timeout)
-    # A functional wrapper over the same layers gives every backbone the same name.
-    return keras.Model(inner.input, inner.output, name="backbone")
-
-
-def _build_scratch_backbone(
-    spec: BackboneSpec, input_size: int, weights: "str | os.PathLike[str] | None", blocks: Sequence[Any] | None
-) -> keras.Model:
-    from tlkit.models.scratch import build_scratch
-
-    if blocks is None:
-        blocks = default_scratch_blocks()
-    model = build_scratch(blocks, input_size, name="backbone")
-    if _weights_kind(weights) == "path":
-        try:
-            model.load_weights(str(Path(str(weights)).expanduser()))
-        except Exception as exc:
-            raise _build_error(exc, spec, "path", weights, input_size, {"blocks": len(blocks)}) from None
+    if model.name != "backbone":  # a hook that named its model otherwise: same layers, the name stages look for
+        model = keras.Model(model.input, model.output, name="backbone")
     return model
-
-
-def default_scratch_blocks() -> list[Any]:
-    """The recipe's default scratch blocks (used when none are given)."""
-    from tlkit.recipe import Model
-
-    return list(Model().blocks)
 
 
 def keras_models_dir() -> Path:
@@ -350,9 +431,10 @@ def _build_error(
             f"(or put it in {keras_models_dir()}/), or use `model.weights: none`"
         )
     if kind == "path":
+        settings = spec.configured_by + (f" (e.g. {spec.options[0]})" if spec.options else "")
         return TlkitError(
             f"cannot load weights file '{weights}' into {spec.name} (options {shown_options}, input_size {input_size}): "
-            f"{_first_line(exc)} -- check that model.backbone and model.options (e.g. alpha) match the file"
+            f"{_first_line(exc)} -- check that model.backbone and {settings} match the file"
         )
     return TlkitError(
         f"cannot build {spec.name} (options {shown_options}, input_size {input_size}, weights {kind}): {_first_line(exc)}"
@@ -362,25 +444,34 @@ def _build_error(
 # ----------------------------------------------------------------------------- features
 
 
+def skip_refs(spec: "BackboneSpec | str", blocks: Sequence[Any] | None = None) -> tuple[Skip, ...]:
+    """The entry's skips without building: `Skip(ref, stride)`, shallow first (scratch: from `blocks`)."""
+    spec = get_backbone(spec)
+    return tuple(Skip(str(ref), int(stride)) for ref, stride in spec.skips(spec, blocks))
+
+
 def skip_layer_outputs(
     backbone: keras.Model, spec: "BackboneSpec | str", blocks: Sequence[Any] | None = None
 ) -> list[Any]:
-    """The symbolic tensors a decoder takes skips from, shallow first (strides: spec.skip_strides).
+    """The symbolic tensors a decoder takes skips from, shallow first, at the strides of `skip_refs(spec, blocks)`.
 
-    For 'scratch' the skips come from its blocks (`scratch_skip_layers`), default blocks if None.
+    `blocks` must be the ones `backbone` was built from (entries configured by model.blocks;
+    default blocks if None); the other entries ignore it.
     """
-    spec = get_backbone(spec)
-    refs: Sequence[str] = spec.skip_layers
-    if spec.name == "scratch":
-        from tlkit.models.scratch import scratch_skip_layers
-
-        refs = scratch_skip_layers(blocks if blocks is not None else default_scratch_blocks())
     out = []
-    for ref in refs:
+    for ref, _ in skip_refs(spec, blocks):
         name, _, port = ref.partition(":")
         layer = backbone.get_layer(name)
         out.append(layer.input if port == "input" else layer.output)
     return out
+
+
+def can_feed_decoder(spec: "BackboneSpec | str", blocks: Sequence[Any] | None = None) -> str | None:
+    """None when the backbone (with these blocks) has skips a segmentation decoder can take, else the reason, one line."""
+    spec = get_backbone(spec)
+    if skip_refs(spec, blocks):
+        return None
+    return spec.no_skips_reason.format(name=spec.name)
 
 
 @functools.cache

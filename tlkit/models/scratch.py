@@ -11,17 +11,25 @@ Keras pooling never pads ('valid').
 
 Layers are named `block{i}_pad`, `block{i}_conv`, `block{i}_bn`, `block{i}_act`,
 `block{i}_pool`, `block{i}_dropout` (i from 1), so features can be read off by name.
+
+The stack is the registry entry `scratch` (tlkit.models.backbones): the
+`scratch_build`, `scratch_skips` and `scratch_check` hooks at the end are that
+entry's builder, skips and checks, all driven by the blocks (default: the
+recipe's default blocks). This module imports no other tlkit model module, and
+tlkit.recipe only when blocks are validated, so the registry can import it.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import keras
 
 from tlkit.errors import TlkitError
-from tlkit.recipe import ScratchBlock
+
+if TYPE_CHECKING:
+    from tlkit.recipe import ScratchBlock
 
 
 def conv_output_size(
@@ -42,6 +50,8 @@ def pool_output_size(size: int, pool_size: int, stride: int | None = None) -> in
 
 def _as_blocks(blocks: Sequence[Any]) -> list[ScratchBlock]:
     """Accept ScratchBlock objects or plain dicts (the Python API), validated the same way."""
+    from tlkit.recipe import ScratchBlock
+
     out = []
     for i, b in enumerate(blocks, 1):
         if isinstance(b, ScratchBlock):
@@ -148,3 +158,58 @@ def scratch_skip_layers(blocks: Sequence[ScratchBlock]) -> tuple[str, ...]:
         if pools_down or next_strides:
             names.append(f"block{i}_act")
     return tuple(names)
+
+
+def scratch_skip_strides(blocks: Sequence[Any]) -> tuple[int, ...]:
+    """The stride (input side / feature side, for 'same' convs) of each `scratch_skip_layers` entry."""
+    blocks = _as_blocks(blocks)
+    skips = set(scratch_skip_layers(blocks))
+    strides, stride = [], 1
+    for i, b in enumerate(blocks, 1):
+        stride *= b.stride
+        if f"block{i}_act" in skips:
+            strides.append(stride)
+        if b.pool != "none":
+            stride *= b.pool_stride or b.pool_size
+    return tuple(strides)
+
+
+def default_blocks() -> list[Any]:
+    """The recipe's default blocks: what the `scratch` entry builds when it is given none."""
+    from tlkit.recipe import Model
+
+    return list(Model().blocks)
+
+
+# ----------------------------------------------------------------------------- the registry entry's hooks
+
+
+def scratch_build(
+    spec: Any, input_size: int, weights: str, options: Mapping[str, Any], blocks: Sequence[Any] | None
+) -> keras.Model:
+    """The `scratch` entry's builder: the blocks (default ones if None), then a weights file if one is given.
+
+    `weights` is 'none' or a file path (the registry refuses 'imagenet' before this runs);
+    a file that does not fit raises Keras' error, which build_backbone turns into one line.
+    """
+    model = build_scratch(default_blocks() if blocks is None else blocks, input_size, name="backbone")
+    if weights != "none":
+        model.load_weights(weights)
+    return model
+
+
+def scratch_skips(spec: Any, blocks: Sequence[Any] | None) -> tuple[tuple[str, int], ...]:
+    """The `scratch` entry's skips: (layer name, stride) of each block before a downsampling, shallow first."""
+    blocks = default_blocks() if blocks is None else blocks
+    return tuple(zip(scratch_skip_layers(blocks), scratch_skip_strides(blocks)))
+
+
+def scratch_check(
+    spec: Any,
+    input_size: int,
+    options: Mapping[str, Any],
+    weights: str,
+    blocks: Sequence[Any] | None,
+) -> None:
+    """The `scratch` entry's checks: every block keeps a non-empty feature map at this input size."""
+    block_sizes(default_blocks() if blocks is None else blocks, input_size)

@@ -17,12 +17,13 @@ import tensorflow as tf
 
 from tlkit.data.decode import decode_image
 from tlkit.data.pipeline import resize_image
+from tlkit.models.parts import activate
 
 
 def build_segmentation_archive(model: keras.Model, labels: list[str], size: int) -> keras.export.ExportArchive:
     def segment(images: tf.Tensor) -> dict[str, tf.Tensor]:
         hw = tf.shape(images)[1:3]
-        probs = tf.nn.softmax(model(resize_image(images, size), training=False), axis=-1)
+        probs = activate(model(resize_image(images, size), training=False), "softmax")
         probs = tf.image.resize(probs, hw, method="bilinear")
         return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1, output_type=tf.int32)}
 
@@ -93,3 +94,19 @@ def predict_masks(
             entry.update(write_mask_outputs(image, classes, Path(out_dir), Path(path).stem, len(labels)))
         results[index] = entry
     return results
+
+
+def segmenter(runner: Any) -> Callable[[bytes], np.ndarray]:
+    """Encoded image -> class map [H, W] at the image's own size, on the export's engine."""
+    signatures = getattr(runner, "signatures", None)
+    if signatures is not None:  # a SavedModel: the export resizes back itself
+        serve = signatures["serving_bytes"]
+        return lambda data: serve(image_bytes=tf.constant([data]))["classes"].numpy()[0]
+
+    def segment(data: bytes) -> np.ndarray:
+        image = decode_image(tf.constant(data))  # decoded once: its size, and the model's input
+        probs = runner(resize_image(image, runner.size)[None].numpy())[0]  # [S, S, classes] at the input size
+        height, width = image.shape[:2]
+        return np.argmax(tf.image.resize(probs, (height, width), method="bilinear").numpy(), axis=-1).astype(np.int32)
+
+    return segment

@@ -1,18 +1,19 @@
-"""Classifier = preprocessing + backbone + GAP head; and the freezing policy of each stage.
+"""What every tlkit model shares, whatever its task: input size, checks, the freezing policy of a stage, loading.
 
-The model takes float32 images in [0, 255] at a fixed size and returns logits.
-The backbone is one nested model named "backbone" so stages can freeze and
-unfreeze it by name, and so features can be read off it later.
+A tlkit model takes float32 images in [0, 255] at a fixed size and returns logits;
+its backbone is one nested model named "backbone", so stages freeze and unfreeze it
+by name and features can be read off it later.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import keras
 
 from tlkit.errors import TlkitError
-from tlkit.models.backbones import build_backbone, get_backbone, validate_model
+from tlkit.models.backbones import build_backbone, get_backbone, is_pretrained, resolve_weights, validate_model
 from tlkit.models.preprocess import Preprocess
 from tlkit.recipe import Recipe, Stage
 
@@ -24,29 +25,26 @@ def input_size(recipe: Recipe) -> int:
 
 def check_model(recipe: Recipe) -> None:
     """Fail on a bad backbone, option, size or weights path before any data is read."""
-    size = input_size(recipe)
-    spec = validate_model(recipe.model.backbone, size, recipe.model.options, recipe.model.weights)
-    if spec.name == "scratch":
-        from tlkit.models.scratch import block_sizes
-
-        block_sizes(recipe.model.blocks, size)
+    m = recipe.model
+    validate_model(m.backbone, input_size(recipe), m.options, m.weights, blocks=m.blocks)
 
 
-def build_classifier(recipe: Recipe, num_classes: int) -> keras.Model:
-    spec = get_backbone(recipe.model.backbone)
+def weights_of(recipe: Recipe) -> str:
+    """The recipe's weights, or its backbone's own default (imagenet for pretrained backbones, none for scratch)."""
+    return resolve_weights(recipe.model.backbone, recipe.model.weights)
+
+
+def backbone_model(recipe: Recipe) -> keras.Model:
+    """The recipe's backbone (the nested model named "backbone"), built with its weights and options."""
+    m = recipe.model
+    return build_backbone(get_backbone(m.backbone), input_size(recipe), weights_of(recipe), m.options, blocks=m.blocks)
+
+
+def preprocessed_input(recipe: Recipe) -> tuple[Any, Any]:
+    """(the model's image input, the same pixels after the backbone's own preprocessing layer)."""
     size = input_size(recipe)
     inputs = keras.Input((size, size, 3), name="image")
-    x = Preprocess(spec.preprocess, name="preprocess")(inputs)
-    backbone = build_backbone(
-        spec, size, recipe.model.weights, recipe.model.options, blocks=recipe.model.blocks
-    )
-    x = backbone(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    if recipe.model.head.dropout > 0:
-        x = keras.layers.Dropout(recipe.model.head.dropout, name="head_dropout")(x)
-    # float32 logits whatever runtime.precision says: softmax and the loss need the range
-    outputs = keras.layers.Dense(num_classes, dtype="float32", name="logits")(x)
-    return keras.Model(inputs, outputs, name=f"tlkit_{spec.name}")
+    return inputs, Preprocess(get_backbone(recipe.model.backbone).preprocess, name="preprocess")(inputs)
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
@@ -60,8 +58,7 @@ def resolve_batchnorm(recipe: Recipe, stage: Stage) -> str:
     """`auto`: pretrained BatchNorm statistics are kept (inference mode); fresh ones must learn."""
     if stage.batchnorm != "auto":
         return stage.batchnorm
-    pretrained = recipe.model.backbone != "scratch" and recipe.model.weights != "none"
-    return "frozen" if pretrained else "train"
+    return "frozen" if is_pretrained(recipe.model.backbone, weights_of(recipe)) else "train"
 
 
 def apply_stage(model: keras.Model, stage: Stage, batchnorm: str) -> dict[str, int]:
@@ -109,7 +106,7 @@ def load_run_model(run_dir: "str | Path", unsafe: bool = False) -> keras.Model:
 
 def load_keras_file(path: "str | Path", unsafe: bool = False) -> keras.Model:
     """Load a `.keras` file for inference (no optimizer state), safe mode on unless `unsafe`; failures are one TlkitError line."""
-    import tlkit.models.decoders  # noqa: F401 - registers the decoders' layers for loading
+    import tlkit.models.layers  # noqa: F401 - registers tlkit's layers for loading
     import tlkit.models.preprocess  # noqa: F401
 
     try:

@@ -16,7 +16,8 @@ from typing import Any, Callable
 import keras
 
 from tlkit.errors import TlkitError
-from tlkit.recipe import Decoder
+from tlkit.models.layers import BilinearResize
+from tlkit.tasks.segmentation.recipe import Decoder
 
 DecoderFn = Callable[[list[Any], int, Decoder, int], Any]
 DECODERS: dict[str, DecoderFn] = {}
@@ -46,30 +47,6 @@ def conv_bn_relu(x: Any, filters: int, name: str, kernel: int = 3, dilation: int
     x = keras.layers.Conv2D(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False, name=f"{name}_conv")(x)
     x = keras.layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)  # few steps: statistics must settle fast
     return keras.layers.ReLU(name=f"{name}_relu")(x)
-
-
-@keras.saving.register_keras_serializable(package="tlkit")
-class BilinearResize(keras.layers.Layer):
-    """Bilinear resize to a fixed size, with no `training` argument.
-
-    keras.layers.Resizing declares `training=True` as its default; Keras then
-    records it in the model graph and carries it into the call context, so a
-    model called without `training` (Keras's ONNX export does that) runs every
-    BatchNormalization after it on batch statistics.
-    """
-
-    def __init__(self, height: int, width: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.height, self.width = int(height), int(width)
-
-    def call(self, x: Any) -> Any:
-        return keras.ops.image.resize(x, (self.height, self.width), interpolation="bilinear")
-
-    def compute_output_shape(self, shape: tuple[Any, ...]) -> tuple[Any, ...]:
-        return (shape[0], self.height, self.width, shape[-1])
-
-    def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "height": self.height, "width": self.width}
 
 
 def upsample_to(x: Any, size: tuple[int, int], filters: int, mode: str, name: str) -> Any:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from tlkit.data.bundle import DataBundle, SplitData, fail_on_bad, file_split, split_folders, stratified_split
+from tlkit.data.decode import IMAGE_EXTENSIONS, decode_image, scan_files
 from tlkit.errors import TlkitError
-from tlkit.recipe import Data
 
 IGNORE = 255  # class index of pixels left out of loss and metrics
 MASK_EXTENSIONS = {".png", ".bmp", ".gif", ".tif", ".tiff"}  # lossless only: JPEG blurs class indices
@@ -58,7 +60,7 @@ class MaskMapping:
         return [int(v) for v in present if self.lookup()[v] < 0]
 
 
-def mapping_for(data: Data, default: dict[int, str]) -> MaskMapping:
+def mapping_for(data: Any, default: dict[int, str]) -> MaskMapping:
     values = data.masks.values if data.masks.values is not None else default
     overlap = sorted(set(values) & set(data.masks.ignore))
     if overlap:
@@ -107,8 +109,6 @@ def check_pairs(
     """(usable pairs, [(path, reason)]): undecodable images, missing or undecodable masks, unexpected values."""
     import keras
 
-    from tlkit.data.decode import scan_files
-
     good_images, bad = scan_files([img for img, _ in pairs], progress=progress)
     ok_images = set(good_images)
     usable: list[tuple[str, str]] = []
@@ -134,16 +134,13 @@ def check_pairs(
     return usable, bad
 
 
-def segmentation_folder(path: str, data: Data, seed: int, progress: bool = True):
+def segmentation_folder(path: str, data: Any, seed: int, progress: bool = True) -> DataBundle:
     """`images/` + `masks/` matched by file stem, or `train|val|test/{images,masks}`."""
-    from tlkit.data.decode import IMAGE_EXTENSIONS
-    from tlkit.data.sources import _SPLIT_DIRS, DataBundle, SplitData, _stratified_split
-
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise TlkitError(f"data folder '{path}' does not exist: segmentation data is a folder with images/ and masks/")
     im_dir, mk_dir = data.masks.images_dir, data.masks.masks_dir
-    roots = {split: folder / name for split, names in _SPLIT_DIRS.items() for name in names if (folder / name / im_dir).is_dir()}
+    roots = split_folders(folder, im_dir)
     if "train" not in roots:
         if not (folder / im_dir).is_dir():
             raise TlkitError(
@@ -152,6 +149,26 @@ def segmentation_folder(path: str, data: Data, seed: int, progress: bool = True)
             )
         roots = {"all": folder}
     mapping = mapping_for(data, BINARY)
+    pairs, orphans = _pairs(roots, im_dir, mk_dir)
+    everything = [p for items in pairs.values() for p in items]
+    if not everything:
+        raise TlkitError(f"no images found under '{path}/{im_dir}'")
+    usable, bad = check_pairs(everything, mapping, progress=progress)
+    fail_on_bad(bad, data.on_bad_file, "image/mask file(s) cannot be used")
+    ok = set(usable)
+    files = {k: [(img, mk) for img, mk in v if (img, mk) in ok] for k, v in pairs.items()}
+    if "all" in files:
+        # one stratum: stratified_split wants (item, label) pairs
+        split = stratified_split([(p, 0) for p in files["all"]], 1, data.val_fraction, data.test_fraction, seed)
+        files = {k: [p for p, _ in v] for k, v in split.items()}
+    if not files.get("train"):
+        raise TlkitError(f"no usable image/mask pair for training under '{path}' ({len(bad)} skipped)")
+    desc = f"folder {folder} ({im_dir}/ + {mk_dir}/)" + (f", {orphans} mask(s) without image ignored" if orphans else "")
+    splits = {k: _pair_split(v) for k, v in files.items() if v}
+    return DataBundle(mapping.class_names, splits, desc, skipped=bad, info={"mapping": mapping})
+
+
+def _pairs(roots: dict[str, Path], im_dir: str, mk_dir: str) -> tuple[dict[str, list[tuple[str, str | None]]], int]:
     pairs: dict[str, list[tuple[str, str | None]]] = {}
     orphans = 0
     for split, root in roots.items():
@@ -159,35 +176,63 @@ def segmentation_folder(path: str, data: Data, seed: int, progress: bool = True)
         masks = _files_by_stem(root / mk_dir, MASK_EXTENSIONS) if (root / mk_dir).is_dir() else {}
         pairs[split] = [(images[s], masks.get(s)) for s in sorted(images)]
         orphans += len(set(masks) - set(images))
-    everything = [p for items in pairs.values() for p in items]
-    if not everything:
-        raise TlkitError(f"no images found under '{path}/{im_dir}'")
-    usable, bad = check_pairs(everything, mapping, progress=progress)
-    if bad and data.on_bad_file == "fail":
-        listing = "\n".join(f"  {p}: {why}" for p, why in bad[:50])
+    return pairs, orphans
+
+
+def _read_pair(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    return decode_image(tf.io.read_file(image)), _decode_mask_file(mask)
+
+
+def _pair_split(items: list[tuple[str, str]]) -> SplitData:
+    images = [i for i, _ in items]
+    return file_split((images, [m for _, m in items]), np.zeros(len(items), np.int32), _read_pair, images)
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+def mask_features(builder, data: Any) -> tuple[str, str]:
+    """(image key, mask key) of a TFDS dataset with a segmentation mask."""
+    from tlkit.data.tfds import image_features
+
+    feats = builder.info.features
+    images = image_features(builder)
+    mask_key = data.masks.feature or next((k for k in images if k != "image" and "mask" in k), None)
+    mask_key = mask_key or (images[1] if len(images) > 1 else None)
+    if mask_key is None or mask_key not in feats:
         raise TlkitError(
-            f"{len(bad)} image/mask file(s) cannot be used (data.on_bad_file: fail):\n{listing}\n"
-            "Fix or remove them, or set data.on_bad_file: skip to train without them."
+            f"TFDS dataset '{builder.info.full_name}' has no mask feature: its image features are {images}; "
+            "name the mask with data.masks.feature"
         )
-    ok = set(usable)
-    files = {k: [(img, mk) for img, mk in v if (img, mk) in ok] for k, v in pairs.items()}
-    if "all" in files:
-        # one stratum: _stratified_split wants (item, label) pairs
-        split = _stratified_split([(p, 0) for p in files["all"]], 1, data.val_fraction, data.test_fraction, seed)
-        files = {k: [p for p, _ in v] for k, v in split.items()}
-    if not files.get("train"):
-        raise TlkitError(f"no usable image/mask pair for training under '{path}' ({len(bad)} skipped)")
+    image_key = "image" if "image" in images else next(k for k in images if k != mask_key)
+    return image_key, mask_key
 
-    def split_data(items: list[tuple[str, str]]) -> SplitData:
-        from tlkit.data.decode import decode_image
 
-        images = [i for i, _ in items]
-        ds = tf.data.Dataset.from_tensor_slices((images, [m for _, m in items]))
-        ds = ds.map(
-            lambda i, m: (decode_image(tf.io.read_file(i)), _decode_mask_file(m)), num_parallel_calls=tf.data.AUTOTUNE
+def tfds_masks(builder, name: str, data: Any, default_mapping: dict[int, str] | None = None, mask_fn: Any = None) -> DataBundle:
+    """A TFDS dataset with an image and a mask feature; `mask_fn(example)` may derive the mask."""
+    from tlkit.data.tfds import as_split, num_examples, split_names, to_rgb
+
+    image_key, mask_key = mask_features(builder, data)
+    if data.masks.values is None and default_mapping is None:
+        raise TlkitError(
+            f"TFDS dataset '{name}': set data.masks.values (mask value -> class name), "
+            "e.g. {1: pet, 2: background, 3: border} for tfds:oxford_iiit_pet"
         )
-        return SplitData(ds, np.zeros(len(items), np.int32), images)
+    mapping = mapping_for(data, default_mapping or {})
+    get_mask = mask_fn or (lambda ex: ex[mask_key])
 
-    desc = f"folder {folder} ({im_dir}/ + {mk_dir}/)" + (f", {orphans} mask(s) without image ignored" if orphans else "")
-    splits = {k: split_data(v) for k, v in files.items() if v}
-    return DataBundle(mapping.class_names, splits, desc, skipped=bad, mapping=mapping)
+    def example(ex: dict) -> tuple[tf.Tensor, tf.Tensor]:
+        return to_rgb(ex[image_key]), _mask_channel(get_mask(ex))
+
+    splits = {
+        split: as_split(builder, tfds_split, example, np.zeros(num_examples(builder, tfds_split), np.int32))
+        for split, tfds_split in split_names(builder, name, data).items()
+    }
+    return DataBundle(mapping.class_names, splits, f"{name} ({builder.info.full_name})", info={"mapping": mapping})
+
+
+def _mask_channel(mask: tf.Tensor) -> tf.Tensor:
+    mask = tf.convert_to_tensor(mask)
+    if mask.shape.rank == 2:
+        mask = mask[..., None]
+    return tf.ensure_shape(tf.cast(mask[..., :1], tf.uint8), [None, None, 1])

@@ -1,1 +1,0 @@
-"""The segmentation task: losses and metrics, evaluation, serving and mask outputs."""
