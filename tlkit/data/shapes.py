@@ -6,6 +6,12 @@ like any TFDS dataset, so ``tfds.load("tlkit_shapes", data_dir=...)`` works once
 module is imported. Every example is drawn from a generator seeded by
 ``(config seed, split index, example index)``, so a given version + config always
 produces identical bytes.
+
+Configs `default` and `tiny` hold one shape per image, with its mask (`label`, `mask`).
+Config `multi` is multi-label: a 2x2 grid of cells, each holding a random shape or
+nothing, and `labels`, the sorted distinct shapes present (empty for ~8% of images).
+Adding it needed no version bump: each config has its own data dir, and the
+single-label configs' code path and random streams are untouched.
 """
 
 from __future__ import annotations
@@ -36,6 +42,10 @@ class ShapesConfig(tfds.core.BuilderConfig):
     num_validation: int = 500
     num_test: int = 500
     seed: int = 0
+    # 0: one shape per image, with its mask (single-label). N > 0: multi-label, an N x N
+    # grid of cells, each empty with `empty_cell_probability` or else holding one shape.
+    grid: int = 0
+    empty_cell_probability: float = 0.0
 
     def split_count(self, split: str) -> int:
         return {"train": self.num_train, "validation": self.num_validation, "test": self.num_test}[split]
@@ -181,6 +191,47 @@ def render_example(rng: np.random.Generator, size: int, label: int) -> tuple[np.
     return image.astype(np.uint8), mask.astype(np.uint8)[..., None]
 
 
+def render_multi_example(
+    rng: np.random.Generator, size: int, grid: int, empty_cell_probability: float
+) -> tuple[np.ndarray, list[int]]:
+    """Draws one multi-label example: uint8 image (size, size, 3) and each cell's label.
+
+    Cell labels are row-major class indices, -1 for an empty cell. The background is
+    `render_example`'s (gradient + colour noise + optional stripes/checker) over the whole
+    image; each shape sits fully inside its cell (diameter 50%-85% of the cell side, so a
+    star keeps visible points at 32 px cells) in its own colour far from the background
+    mean. A separate function, so the single-label configs' random streams are untouched.
+    """
+    cell = size / grid
+    c0 = rng.uniform(0, 255, size=3)
+    c1 = np.clip(c0 + rng.uniform(-70, 70, size=3), 0, 255)
+    noise = _smooth_noise(rng, size, int(rng.integers(3, 7)), np.float32([14, 14, 14, 7, 7, 7]))
+    image = _ramp(size, rng.uniform(0, 2 * np.pi))[..., None] * (c1 - c0).astype(np.float32)
+    image += c0.astype(np.float32)
+    image += noise[..., :3]
+    pattern = _pattern(rng, size)
+    if pattern is not None:
+        amp = rng.uniform(10, 25) * rng.choice([-1.0, 1.0], size=3)
+        image += pattern[..., None] * amp.astype(np.float32)
+    labels: list[int] = []
+    for row in range(grid):
+        for col in range(grid):
+            if rng.random() < empty_cell_probability:
+                labels.append(-1)
+                continue
+            label = int(rng.integers(len(CLASS_NAMES)))
+            radius = rng.uniform(0.5, 0.85) * cell / 2
+            cx, cy = rng.uniform(radius + 1, cell - radius - 1, size=2) + np.array([col, row]) * cell
+            mask = _shape_mask(CLASS_NAMES[label], cx, cy, radius, rng.uniform(0, 2 * np.pi), size)
+            fg = _foreground_colour(rng, (c0 + c1) / 2)
+            np.copyto(image, noise[..., 3:] + fg.astype(np.float32), where=mask[..., None])
+            labels.append(label)
+    image += rng.integers(-10, 11, size=image.shape, dtype=np.int8)  # per-pixel noise, std ~6
+    np.rint(image, out=image)
+    np.clip(image, 0, 255, out=image)
+    return image.astype(np.uint8), labels
+
+
 def _png_chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
@@ -216,7 +267,7 @@ def encode_png(array: np.ndarray) -> bytes:
 
 
 class TlkitShapes(tfds.core.GeneratorBasedBuilder):
-    """Shapes (circle, square, star, triangle) on textured backgrounds, with masks."""
+    """Shapes (circle, square, star, triangle) on textured backgrounds: with masks, or several per image."""
 
     VERSION = tfds.core.Version("1.0.0")
     # TFDS looks for a checksums file next to `code_path`, but its default `code_path`
@@ -245,10 +296,35 @@ class TlkitShapes(tfds.core.GeneratorBasedBuilder):
             num_test=40,
             seed=1,
         ),
+        ShapesConfig(
+            name="multi",
+            description="Multi-label: 64x64 images, a 2x2 grid of cells each holding a shape or nothing, 2000/400/400.",
+            image_size=64,
+            num_train=2000,
+            num_validation=400,
+            num_test=400,
+            seed=2,
+            grid=2,
+            # per cell, so that an image is empty with probability 0.08 (0.532**4)
+            empty_cell_probability=0.08**0.25,
+        ),
+        ShapesConfig(
+            name="multi_tiny",
+            description="Multi-label like `multi`, at 32x32 with 160/60/60 examples, for fast tests.",
+            image_size=32,
+            num_train=160,
+            num_validation=60,
+            num_test=60,
+            seed=3,
+            grid=2,
+            empty_cell_probability=0.08**0.25,
+        ),
     ]
 
     def _info(self) -> tfds.core.DatasetInfo:
         s = self.builder_config.image_size
+        if self.builder_config.grid:
+            return self._multi_info()
         return self.dataset_info_from_configs(
             description=(
                 "Procedurally generated shapes on noisy textured backgrounds, with a "
@@ -265,6 +341,25 @@ class TlkitShapes(tfds.core.GeneratorBasedBuilder):
             supervised_keys=("image", "label"),
         )
 
+    def _multi_info(self) -> tfds.core.DatasetInfo:
+        """Multi-label features: the image and the distinct shapes in it (sorted, maybe none)."""
+        s = self.builder_config.image_size
+        return self.dataset_info_from_configs(
+            description=(
+                "Procedurally generated shapes on noisy textured backgrounds, several per image: "
+                "a grid of cells, each holding a random shape or nothing; `labels` lists the "
+                "distinct shapes present (empty for an image with no shape). Built into tlkit so "
+                "that examples and tests run offline."
+            ),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(s, s, 3), dtype=np.uint8),
+                    "labels": tfds.features.Sequence(tfds.features.ClassLabel(names=CLASS_NAMES)),
+                }
+            ),
+            supervised_keys=("image", "labels"),
+        )
+
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # nothing to download: everything is rendered locally
         return {split: self._generate_examples(split) for split in SPLITS}
@@ -272,11 +367,21 @@ class TlkitShapes(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str):
         cfg = self.builder_config
         split_index = SPLITS.index(split)
+        if cfg.grid:
+            yield from self._generate_multi_examples(split_index)
+            return
         for i in range(cfg.split_count(split)):
             rng = np.random.default_rng([cfg.seed, split_index, i])
             label = i % len(CLASS_NAMES)  # balanced classes; TFDS shuffles the order
             image, mask = render_example(rng, cfg.image_size, label)
             yield i, {"image": encode_png(image), "mask": encode_png(mask), "label": label}
+
+    def _generate_multi_examples(self, split_index: int):
+        cfg = self.builder_config
+        for i in range(cfg.split_count(SPLITS[split_index])):
+            rng = np.random.default_rng([cfg.seed, split_index, i])
+            image, cells = render_multi_example(rng, cfg.image_size, cfg.grid, cfg.empty_cell_probability)
+            yield i, {"image": encode_png(image), "labels": sorted({c for c in cells if c >= 0})}
 
 
 def prepare(config: str = "default", data_dir: str | None = None) -> tfds.core.DatasetBuilder:

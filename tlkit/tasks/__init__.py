@@ -13,7 +13,7 @@ from typing import Any
 
 from tlkit.errors import TlkitError
 from tlkit.recipe import Recipe, read_recipe_data, reference_rows, validate_recipe
-from tlkit.tasks import classification, segmentation
+from tlkit.tasks import classification, multilabel, segmentation
 from tlkit.tasks.base import Task
 
 TASKS: dict[str, Task] = {}
@@ -24,7 +24,7 @@ def register_task(task: Task) -> Task:
     return task
 
 
-PACKAGES = (classification, segmentation)
+PACKAGES = (classification, segmentation, multilabel)
 for _package in PACKAGES:
     register_task(_package.TASK)
 
