@@ -26,7 +26,7 @@ from tlkit.models.stages import input_size, load_run_model
 from tlkit.recipe import Recipe
 from tlkit.tasks import get_task, load_data, load_recipe
 
-METADATA = "metadata.json"
+METADATA = runs.EXPORT_METADATA
 
 
 def _versions(out: Path) -> list[int]:

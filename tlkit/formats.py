@@ -284,7 +284,7 @@ class SavedModelRunner(Runner):
         self._tf = tf
         self.loaded = tf.saved_model.load(str(folder))
         self.signatures = self.loaded.signatures
-        meta_path = folder / "metadata.json"
+        meta_path = folder / runs.EXPORT_METADATA
         meta = runs.read_json(meta_path) if meta_path.is_file() else {}
         self.size = int(meta.get("input_size", 0))
         self.output = meta.get("output", "probabilities")

@@ -32,6 +32,7 @@ SKIPPED = "skipped_files.txt"
 VERSIONS = "versions.json"
 STATE = "state.json"
 BACKUP = "backup"
+EXPORT_METADATA = "metadata.json"  # beside every export: what the model is, its labels, metrics and recipe
 TASK_STATE = "task_state.json"  # what a task fitted after training (e.g. thresholds), read by evaluate/export
 
 

@@ -21,7 +21,7 @@ KINDS = {
     "recipe": "a recipe (.yaml or a shipped name)",
     "backbone": "a backbone name",
 }
-METADATA = "metadata.json"
+METADATA = runs.EXPORT_METADATA
 
 
 @dataclass
