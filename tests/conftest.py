@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# remembered scan verdicts (tlkit.data.scan) go to a scratch folder, not the user's ~/.cache
+os.environ.setdefault("TLKIT_CACHE_DIR", tempfile.mkdtemp(prefix="tlkit-test-cache-"))
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -234,6 +234,8 @@ class Placement:
     task: str = "chief"  # e.g. worker1
     workers: int = 1
     scratch: Path | None = None
+    index: int = 0  # this worker's input shard (0 .. workers-1; the chief is 0)
+    presharded: bool = False  # the pipelines hold only this worker's shard of the files (shard_bundle)
 
     @property
     def replicas(self) -> int:
@@ -272,15 +274,51 @@ class Placement:
             return keras.Model(model.inputs, model.outputs, name=model.name)
 
     def shard(self, ds: Any) -> Any:
-        """Each worker reads the whole (seeded, identically ordered) pipeline and keeps its share of every
-        global batch: sharding by data works for every source, files or not."""
+        """A pipeline as fit() should split it between workers. Pipelines of image files are already this
+        worker's shard (`shard_bundle`): each global batch is every worker's next local batch. Other sources
+        (TFDS): each worker reads the whole (seeded, identically ordered) pipeline and keeps its share of
+        every global batch."""
         if self.workers <= 1:
             return ds
         import tensorflow as tf
 
+        policy = tf.data.experimental.AutoShardPolicy
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.experimental_distribute.auto_shard_policy = policy.OFF if self.presharded else policy.DATA
         return ds.with_options(options)
+
+    def shard_bundle(self, bundle: Any) -> Any:
+        """The bundle this worker trains on: its shard of every split of image files (by `tlkit.data.scan.shard_of`,
+        the rule its scan used, so the images it decoded while checking are the ones it trains on)."""
+        if self.workers <= 1:
+            return bundle
+        from dataclasses import replace
+
+        from tlkit.data.scan import shard_of
+
+        splits = {}
+        for name, split in bundle.splits.items():
+            if split.image_files and split.paths is not None:
+                mine = [i for i, p in enumerate(split.paths) if shard_of(p, self.workers) == self.index]
+                split = split.subset(mine)
+                self.presharded = True
+            splits[name] = split
+        return replace(bundle, splits=splits)
+
+    def scan_sharing(self) -> dict[str, Any]:
+        """How this process shares the image check with the other workers (`tlkit.data.scan.scan_options`)."""
+        if self.workers <= 1 or self.kind != "multi_worker":
+            return {}
+        import tensorflow as tf
+
+        strategy = self.strategy
+
+        def all_sum(array: Any) -> Any:
+            value = tf.constant(array)
+            per_replica = strategy.run(lambda: tf.identity(value))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+
+        return {"workers": self.workers, "index": self.index, "all_sum": all_sum}
 
     def write_dir(self, run_dir: Path | None) -> Path:
         """Where this process writes. The chief: the run directory. Another worker: a scratch folder,
@@ -321,17 +359,18 @@ def _copy_resumable(run_dir: Path, to: Path) -> None:
             continue
 
 
-def _task_of(strategy: Any) -> tuple[bool, str, int]:
-    """(chief?, task name, workers) from the strategy's cluster resolver; the chief is the `chief` task,
-    else worker 0 (TensorFlow's convention)."""
+def _task_of(strategy: Any) -> tuple[bool, str, int, int]:
+    """(chief?, task name, workers, input shard) from the strategy's cluster resolver; the chief is the
+    `chief` task, else worker 0 (TensorFlow's convention), and reads shard 0."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
-        return True, "chief", 1
+        return True, "chief", 1, 0
     spec = resolver.cluster_spec().as_dict()
     workers = sum(len(spec.get(kind, [])) for kind in ("chief", "worker")) or 1
     kind, index = resolver.task_type, int(resolver.task_id or 0)
     chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in spec)
-    return chief, f"{kind}{index}", workers
+    shard = 0 if kind == "chief" else index + (1 if "chief" in spec else 0)
+    return chief, f"{kind}{index}", workers, shard
 
 
 def _kind_of(strategy: Any) -> str:
@@ -354,8 +393,8 @@ def placed(runtime: Runtime) -> Iterator[Placement]:
     """The strategy and precision of one run; the dtype policy is restored and a worker's scratch removed after."""
     strategy = make_strategy(runtime)
     kind = _kind_of(strategy)
-    chief, task, workers = _task_of(strategy) if kind == "multi_worker" else (True, "chief", 1)
-    place = Placement(strategy, kind, runtime.precision, chief, task, workers)
+    chief, task, workers, index = _task_of(strategy) if kind == "multi_worker" else (True, "chief", 1, 0)
+    place = Placement(strategy, kind, runtime.precision, chief, task, workers, index=index)
     try:
         with precision(runtime.precision):
             yield place
