@@ -53,7 +53,9 @@ class SplitData:
         if self.items is not None and self.read is not None:
             items = tuple([column[i] for i in idx] for column in self.items)
             paths = [self.paths[i] for i in idx] if self.paths is not None else None
-            return replace(file_split(items, self.labels[idx], self.read, paths), image_files=self.image_files)
+            if self.image_files and paths is not None:
+                return image_file_split(paths, self.labels[idx])
+            return file_split(items, self.labels[idx], self.read, paths)
         # no files (TFDS): keep the chosen ones among the first images, so the rest is never decoded
         limit = int(idx.max()) + 1 if len(idx) else 0
         keep = tf.constant(idx, tf.int64)
@@ -108,7 +110,10 @@ def file_split(
 
 def image_file_split(paths: list[str], labels: np.ndarray) -> SplitData:
     """Image files with one target row each (a class index, a multi-hot row): what class folders and CSVs give."""
-    return replace(file_split((list(paths), list(labels)), labels, read_image_target, list(paths)), image_files=True)
+    files = tf.constant([_tensor_item(p) for p in paths], tf.string)  # typed: a worker's shard may be empty
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels)))
+    ds = ds.map(read_image_target, num_parallel_calls=tf.data.AUTOTUNE)
+    return SplitData(ds, labels, list(paths), (list(paths), list(labels)), read_image_target, image_files=True)
 
 
 def read_image_target(path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:

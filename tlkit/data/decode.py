@@ -63,6 +63,8 @@ __all__ = [
     "MAX_DECODE_PIXELS",
     "check_file",
     "check_image_bytes",
+    "check_decodes",
+    "decode_for_size",
     "decode_resized",
     "decode_image",
     "decode_image_file",
@@ -297,7 +299,7 @@ def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
 def decode_resized(contents: tf.Tensor, size: int) -> tf.Tensor:
     """Encoded bytes -> uint8 ``[size, size, 3]``: what the training cache holds, decoded once at the cheapest
     JPEG scale that covers ``size`` and resized once; an image without pixels raises here, not later."""
-    return to_model_size(decode_image(contents, min_size=size), size)
+    return decode_for_size(contents, size)[0]
 
 
 def to_model_size(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -333,6 +335,45 @@ def _compiled_decode() -> tf.types.experimental.GenericFunction:
             fn.get_concrete_function()  # trace now: a tracing bug must raise, not look like a bad file
             _decode_graph = fn
         return _decode_graph
+
+
+_graphs: dict[str, tf.types.experimental.GenericFunction] = {}
+
+
+def _graph(name: str, fn, signature: list[tf.TensorSpec]) -> tf.types.experimental.GenericFunction:
+    with _decode_graph_lock:
+        if name not in _graphs:
+            _graphs[name] = tf.function(fn, input_signature=signature, autograph=False)
+        return _graphs[name]
+
+
+def decode_for_size(contents: tf.Tensor, size: tf.Tensor | int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(uint8 ``[size, size, 3]``, stored ``[height, width]``) from encoded bytes, through one graph traced
+    once per process (every tf.data pipeline that calls it reuses it instead of tracing the decoder again)."""
+    fn = _graph("sized", _decode_for_size, [tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
+    image, hw = fn(contents, tf.cast(size, tf.int32))
+    if isinstance(size, int):
+        image = tf.ensure_shape(image, [size, size, 3])
+    return image, hw
+
+
+def _decode_for_size(contents: tf.Tensor, size: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    image = decode_image(contents, min_size=size)
+    return to_model_size(image, size), original_size(contents, image)
+
+
+def check_decodes(contents: tf.Tensor) -> tf.Tensor:
+    """[height, width] of an image that decodes (at the cheapest JPEG scale: every byte is still read), else
+    raises as :func:`decode_image` does; one graph traced once per process."""
+    return _graph("check", _check_decodes, [tf.TensorSpec([], tf.string)])(contents)
+
+
+def _check_decodes(contents: tf.Tensor) -> tf.Tensor:
+    image = decode_image(contents, min_size=1)
+    hw = original_size(contents, image)
+    check = tf.debugging.Assert(hw[0] * hw[1] > 0, ["image has no pixels"])
+    with tf.control_dependencies([check]):
+        return tf.identity(hw)
 
 
 # ------------------------------------------------------------------------ diagnostics

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tlkit.data.decode import check_file, decode_image, is_url, original_size, to_model_size
+from tlkit.data.decode import check_decodes, check_file, decode_for_size, is_url
 
 __all__ = [
     "ScanOptions",
@@ -223,14 +223,8 @@ def _decode_pass(paths: list[str], options: ScanOptions, progress: bool) -> dict
     def check(i: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         contents = tf.io.read_file(path)
         if keep is None:
-            image = decode_image(contents, min_size=1)  # the cheapest JPEG scale still reads every byte
-            hw = original_size(contents, image)
-            check_pixels = tf.debugging.Assert(hw[0] * hw[1] > 0, ["image has no pixels"])
-            with tf.control_dependencies([check_pixels]):
-                return i, tf.identity(hw)
-        image = decode_image(contents, min_size=size)
-        hw = original_size(contents, image)
-        small = to_model_size(image, size)
+            return i, check_decodes(contents)
+        small, hw = decode_for_size(contents, size)
         target = tf.strings.join([keep, b"/", tf.strings.as_string(i), b".tensor"])
         with tf.control_dependencies([tf.io.write_file(target, tf.io.serialize_tensor(small))]):
             return i, tf.identity(hw)
