@@ -136,3 +136,41 @@ def test_a_folder_on_a_gfile_filesystem_loads_like_a_local_one(tmp_path):
     assert sum(s.size for s in bundle.splits.values()) == 8
     images = [img.numpy() for img, _ in cached_images(bundle.splits["train"], 16, cache=False)]
     assert len(images) == bundle.splits["train"].size and all(im.shape == (16, 16, 3) for im in images)
+
+
+def test_workers_split_the_check_and_agree_on_every_verdict(tmp_path):
+    """Two workers (threads here; processes joined by a collective in a real run) each decode their shard only."""
+    import threading
+
+    from tlkit.data.scan import kept_images, scan_images, scan_options, shard_of
+
+    folder = _folder(tmp_path / "data", per_class=6)
+    paths = sorted(str(p) for p in folder.rglob("*.jpg"))
+    barrier, deposits, results = threading.Barrier(2), {}, {}
+
+    def all_sum(index):
+        def add(rows):
+            deposits[(index, rows.shape)] = rows
+            barrier.wait()
+            total = sum(v for (_, shape), v in deposits.items() if shape == rows.shape)
+            barrier.wait()
+            return total
+        return add
+
+    def worker(index):
+        with scan_options(16, remember=False, workers=2, index=index, all_sum=all_sum(index)):
+            scan = scan_images(paths, progress=False)
+            mine = [p for p in scan.good if shard_of(p, 2) == index]
+            theirs = [p for p in scan.good if shard_of(p, 2) != index]
+            results[index] = (scan, kept_images(mine, 16) is not None, kept_images(theirs, 16) is None)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    (a, *kept_a), (b, *kept_b) = results[0], results[1]
+    assert a.checked + b.checked == len(paths) and min(a.checked, b.checked) > 0  # each decoded only its shard
+    assert (a.good, a.bad, a.sizes) == (b.good, b.bad, b.sizes)  # and both know every verdict
+    assert [Path(p).name for p, _ in a.bad] == ["broken.jpg"] and a.bad[0][1].startswith("truncated or corrupt JPEG")
+    assert kept_a == kept_b == [True, True]  # each keeps the decoded images of its own shard, not the other's

@@ -97,6 +97,7 @@ class ScanOptions:
     all_sum: Callable[[np.ndarray], np.ndarray] | None = None  # sums an int64 array across workers
     keep_dir: Path | None = None
     kept: dict[tuple[str, int], str] = field(default_factory=dict)  # (path, size) -> file of the decoded image
+    passes: int = 0  # decode passes made so far (names their kept files apart)
 
 
 _OPTIONS: contextvars.ContextVar[ScanOptions | None] = contextvars.ContextVar("tlkit_scan_options", default=None)
@@ -114,8 +115,6 @@ def scan_options(
 ) -> Iterator[ScanOptions]:
     """Scans (and pipelines) inside the block use these options; kept images are deleted when it ends."""
     options = ScanOptions(size, rescan, remember, workers, index, all_sum)
-    if size is not None:
-        options.keep_dir = Path(tempfile.mkdtemp(prefix="tlkit-decoded-"))
     token = _OPTIONS.set(options)
     try:
         yield options
@@ -218,14 +217,17 @@ def _decode_pass(paths: list[str], options: ScanOptions, progress: bool) -> dict
     With `options.size` each image is also resized and written (uint8 tensor proto) to the keep folder.
     """
     size = options.size
-    keep = os.fsencode(os.fspath(options.keep_dir)) if size is not None and options.keep_dir else None
+    if size is not None and options.keep_dir is None:
+        options.keep_dir = Path(tempfile.mkdtemp(prefix="tlkit-decoded-"))  # removed when scan_options ends
+    options.passes += 1
+    keep = os.fsencode(os.path.join(options.keep_dir, f"{options.passes}-")) if size is not None else None
 
     def check(i: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         contents = tf.io.read_file(path)
         if keep is None:
             return i, check_decodes(contents)
         small, hw = decode_for_size(contents, size)
-        target = tf.strings.join([keep, b"/", tf.strings.as_string(i), b".tensor"])
+        target = tf.strings.join([keep, tf.strings.as_string(i), b".tensor"])
         with tf.control_dependencies([tf.io.write_file(target, tf.io.serialize_tensor(small))]):
             return i, tf.identity(hw)
 
@@ -267,7 +269,7 @@ def _check_mine(paths: list[str], options: ScanOptions, progress: bool) -> dict[
         if i in found:
             verdicts[path] = (None, found[i])
             if options.size is not None and options.keep_dir is not None:
-                options.kept[(path, options.size)] = os.path.join(os.fspath(options.keep_dir), f"{i}.tensor")
+                options.kept[(path, options.size)] = os.path.join(options.keep_dir, f"{options.passes}-{i}.tensor")
             continue
         reason = check_file(path)  # the same words as ever for a file the pass dropped
         verdicts[path] = (reason or "cannot decode in the input pipeline", (0, 0))
