@@ -10,6 +10,9 @@ every figure is also given as a ratio to a baseline measured right beside it):
   remembered), each in a fresh process: wall time beyond the fixed start-up
   (the same run on a 40-image folder), time to the first training step, epoch
   time, peak RSS, decoded-image cache on disk;
+* the in-memory image cache is limited to 24 MB here (2000 images at 64 px;
+  tlkit's default is 2 GiB) so that the larger folders cross it: beyond it the
+  decoded images stay on disk and memory should stay flat;
 * two local workers (TF_CONFIG on 127.0.0.1, as `tlkit local-workers 2` starts
   them), first and second run: wall time against one process, and each
   worker's decode time (its share of the scan) against one process's.
@@ -44,6 +47,7 @@ CLASSES = 4
 DISTINCT = 24  # distinct photos per class
 INPUT = 64  # the tiny model's input size
 BATCH = 64
+BUDGET = 24 * 1024**2  # the in-memory cache budget in these runs (default 2 GiB): 2000 images at 64 px
 
 CHILD = textwrap.dedent(
     """
@@ -58,6 +62,7 @@ CHILD = textwrap.dedent(
     class FirstStep(keras.callbacks.Callback):
         def on_train_batch_begin(self, batch, logs=None):
             marks.setdefault("first_step", time.perf_counter() - start)
+            marks.setdefault("first_step_cpu", time.process_time())
 
     def folder_bytes(path):
         total = 0
@@ -79,13 +84,17 @@ CHILD = textwrap.dedent(
         marks["cache_bytes"] = folder_bytes(self.cache) + (folder_bytes(keep) if keep else 0)
 
     run_module.FineTuneRun.run_stage = run_stage
+    from tlkit.data import pipeline
+    pipeline.CACHE_BUDGET_BYTES = int(os.environ["BENCH_CACHE_BUDGET"])  # small, so the sizes here cross it
     recipe, run_dir = sys.argv[1], sys.argv[2]
     t = time.perf_counter()
     result = tlkit.finetune(recipe, run_dir=run_dir, quiet=True, export=False, report=False)
     stage = result.stages[0] if result.stages else {}
     print("RESULT " + json.dumps({
         "wall": time.perf_counter() - start,
+        "cpu": time.process_time(),
         "first_step": marks.get("first_step"),
+        "first_step_cpu": marks.get("first_step_cpu"),
         "epoch": stage.get("seconds"),
         "cache_bytes": marks.get("cache_bytes", 0),
         "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -124,8 +133,8 @@ def make_folder(root: Path, n: int, pool: list[list[bytes]]) -> Path:
     return root
 
 
-def plain_pass(folder: Path, ratio: int = 1) -> float:
-    """Seconds of one tf.data pass: read, decode (at `ratio`), resize to INPUT, for every file."""
+def plain_pass(folder: Path, ratio: int = 1) -> dict:
+    """Wall and CPU seconds of one tf.data pass: read, decode (at `ratio`), resize to INPUT, for every file."""
     code = textwrap.dedent(
         f"""
         import glob, time, tensorflow as tf
@@ -135,13 +144,14 @@ def plain_pass(folder: Path, ratio: int = 1) -> float:
             return tf.cast(tf.image.resize(image, ({INPUT}, {INPUT})), tf.uint8)
         ds = tf.data.Dataset.from_tensor_slices(files).map(load, num_parallel_calls=tf.data.AUTOTUNE).batch({BATCH})
         for _ in ds.take(1): pass   # start-up (tracing, threads) is not part of D
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in ds: pass
-        print("SECONDS", time.perf_counter() - t)
+        print("SECONDS", time.perf_counter() - t, time.process_time() - c)
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(None), check=True)
-    return float(out.stdout.split("SECONDS")[-1])
+    wall, cpu = out.stdout.split("SECONDS")[-1].split()
+    return {"wall": float(wall), "cpu": float(cpu)}
 
 
 def _env(pythonpath: str | None, **extra: str) -> dict[str, str]:
@@ -169,7 +179,7 @@ def recipe_file(work: Path, folder: Path, name: str, batch: int = BATCH) -> Path
 def finetune(recipe: Path, run_dir: Path, cache: Path, pythonpath: str | None) -> dict:
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(recipe), str(run_dir)],
-        capture_output=True, text=True, env=_env(pythonpath, TLKIT_CACHE_DIR=str(cache)),
+        capture_output=True, text=True, env=_env(pythonpath, TLKIT_CACHE_DIR=str(cache), BENCH_CACHE_BUDGET=str(BUDGET)),
     )
     if out.returncode != 0:
         raise SystemExit(f"finetune failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -189,7 +199,7 @@ def two_workers(recipe: Path, run_dir: Path, cache: Path, pythonpath: str | None
         subprocess.Popen(
             [sys.executable, "-c", CHILD, str(override), str(run_dir)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=_env(pythonpath, TLKIT_CACHE_DIR=str(cache), TF_CONFIG=json.dumps(config)),
+            env=_env(pythonpath, TLKIT_CACHE_DIR=str(cache), TF_CONFIG=json.dumps(config), BENCH_CACHE_BUDGET=str(BUDGET)),
         )
         for config in configs
     ]
@@ -203,8 +213,8 @@ def two_workers(recipe: Path, run_dir: Path, cache: Path, pythonpath: str | None
     return results
 
 
-def scan_seconds(folder: Path, cache: Path, workers: int, pythonpath: str | None) -> list[float]:
-    """Each worker's decode time for the first scan of the folder (its shard), at the model size."""
+def scan_seconds(folder: Path, cache: Path, workers: int, pythonpath: str | None) -> list[dict]:
+    """Each worker's decode for the first scan of the folder (its shard, at the model size): wall and CPU seconds."""
     code = textwrap.dedent(
         f"""
         import sys, time, numpy as np, glob
@@ -215,60 +225,68 @@ def scan_seconds(folder: Path, cache: Path, workers: int, pythonpath: str | None
         def others_good(rows):
             return rows if rows.shape[1] == 1 else np.where(rows[:, :1] == 0, np.array([[1, 0, 0]]), rows)
         with scan_options({INPUT}, remember=False, workers={workers}, index=index, all_sum=others_good):
-            t = time.perf_counter()
+            scan_images(paths[:8], progress=False)  # start-up (tracing) is not part of the decode
+            t, c = time.perf_counter(), time.process_time()
             result = scan_images(paths, progress=False)
-            print("SECONDS", time.perf_counter() - t, result.checked)
+            print("SECONDS", time.perf_counter() - t, time.process_time() - c, result.checked)
         """
     )
     times = []
     for index in range(workers):
         out = subprocess.run([sys.executable, "-c", code, str(index)], capture_output=True, text=True,
                              env=_env(pythonpath, TLKIT_CACHE_DIR=str(cache)), check=True)
-        times.append(float(out.stdout.split("SECONDS")[-1].split()[0]))
+        wall, cpu, checked = out.stdout.split("SECONDS")[-1].split()
+        times.append({"wall": float(wall), "cpu": float(cpu), "checked": int(checked)})
     return times
 
 
 def measure(n: int, work: Path, pool: list[list[bytes]], startup: dict, pythonpath: str | None, workers: bool, scans: bool) -> dict:
+    """One folder of n photos: D, then tlkit's runs, each as wall and CPU seconds and as multiples of D."""
     folder = make_folder(work / f"photos{n}", n, pool)
-    row: dict = {"images": n}
-    row["D"] = plain_pass(folder)
-    row["D8"] = plain_pass(folder, ratio=8)
+    row: dict = {"images": n, "D": plain_pass(folder), "D8": plain_pass(folder, ratio=8)}
     recipe = recipe_file(work, folder, f"scale{n}")
     cache = work / f"cache{n}"
     for run in ("first", "second"):
         r = finetune(recipe, work / "run", cache, pythonpath)
         row[run] = r
-        row[f"{run}_D"] = (r["wall"] - startup[run]["wall"]) / row["D"]
+        for clock in ("wall", "cpu"):
+            row[f"{run}_D_{clock}"] = (r[clock] - startup[run][clock]) / row["D"][clock]
     if workers:
         shutil.rmtree(cache, ignore_errors=True)
         for run in ("first", "second"):
             r = two_workers(recipe, work / "run-mw", cache, pythonpath)
             row[f"workers_{run}"] = r
-            row[f"workers_{run}_x"] = max(w["wall"] for w in r) / row[run]["wall"]
+            row[f"workers_{run}_x_wall"] = max(w["wall"] for w in r) / row[run]["wall"]
+            row[f"workers_{run}_x_cpu"] = sum(w["cpu"] for w in r) / row[run]["cpu"]
     if workers and scans:
-        one, two = scan_seconds(folder, work / "scan-cache", 1, pythonpath), scan_seconds(folder, work / "scan-cache", 2, pythonpath)
-        row["decode_one"], row["decode_two"] = one[0], two
+        row["decode_one"] = scan_seconds(folder, work / "scan-cache", 1, pythonpath)[0]
+        row["decode_two"] = scan_seconds(folder, work / "scan-cache", 2, pythonpath)
     shutil.rmtree(folder, ignore_errors=True)
     return row
 
 
 def print_row(row: dict, label: str) -> None:
     mb = 1024 * 1024
-    print(f"\n[{label}] {row['images']} images: D {row['D']:.1f} s (plain pass), D8 {row['D8']:.1f} s (same at 1/8 scale)")
+    d, d8 = row["D"], row["D8"]
+    print(f"\n[{label}] {row['images']} images: D {d['wall']:.1f} s wall / {d['cpu']:.1f} s CPU (plain pass); "
+          f"D8 (same at 1/8 JPEG scale) {d8['wall'] / d['wall']:.2f} D wall, {d8['cpu'] / d['cpu']:.2f} D CPU")
     for run in ("first", "second"):
         r = row[run]
         print(
-            f"  {run:6s} run: {row[f'{run}_D']:.2f} D beyond start-up (wall {r['wall']:.1f} s), first step {r['first_step']:.1f} s, "
-            f"epoch {r['epoch']:.1f} s, peak RSS {r['peak_rss'] / mb:.0f} MB, cache on disk {r['cache_bytes'] / mb:.1f} MB"
+            f"  {run:6s} run: {row[f'{run}_D_wall']:.2f} D wall, {row[f'{run}_D_cpu']:.2f} D CPU beyond start-up "
+            f"(wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s); first step at {r['first_step']:.1f} s, epoch {r['epoch']:.1f} s, "
+            f"peak RSS {r['peak_rss'] / mb:.0f} MB, cache on disk {r['cache_bytes'] / mb:.1f} MB"
         )
     for run in ("first", "second"):
         if f"workers_{run}" in row:
             walls = ", ".join(f"{w['wall']:.1f}" for w in row[f"workers_{run}"])
-            print(f"  2 workers, {run} run: {row[f'workers_{run}_x']:.2f}x one process (walls {walls} s)")
+            print(f"  2 workers, {run} run: {row[f'workers_{run}_x_wall']:.2f}x one process wall (slowest worker; walls {walls} s), "
+                  f"{row[f'workers_{run}_x_cpu']:.2f}x its CPU (both workers together)")
     if "decode_two" in row:
-        two = row["decode_two"]
-        print(f"  decode per worker: one process {row['decode_one']:.1f} s, two workers {two[0]:.1f} / {two[1]:.1f} s "
-              f"({max(two) / row['decode_one']:.2f}x)")
+        one, two = row["decode_one"], row["decode_two"]
+        print(f"  decode (first scan) per worker: one process {one['cpu']:.1f} s CPU ({one['checked']} files), two workers "
+              f"{two[0]['cpu']:.1f} / {two[1]['cpu']:.1f} s CPU ({two[0]['checked']} / {two[1]['checked']} files): "
+              f"{max(w['cpu'] for w in two) / one['cpu']:.2f}x")
 
 
 def main() -> None:
@@ -288,8 +306,9 @@ def main() -> None:
             recipe = recipe_file(work, tiny, f"tiny-{label}", batch=8)
             cache = work / f"tiny-cache-{label}"
             startups[label] = {run: finetune(recipe, work / "run", cache, path) for run in ("first", "second")}
-            print(f"[{label}] fixed start-up (40 images): first {startups[label]['first']['wall']:.1f} s, "
-                  f"second {startups[label]['second']['wall']:.1f} s", flush=True)
+            first, second = startups[label]["first"], startups[label]["second"]
+            print(f"[{label}] fixed start-up (40 images): first {first['wall']:.1f} s wall / {first['cpu']:.1f} s CPU, "
+                  f"second {second['wall']:.1f} / {second['cpu']:.1f} s", flush=True)
         for n in args.sizes:
             for label, path in checkouts:
                 row = measure(n, work, pool, startups[label], path, workers=not args.no_workers, scans=label == "this")

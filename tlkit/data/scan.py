@@ -272,8 +272,16 @@ def _check_mine(paths: list[str], options: ScanOptions, progress: bool) -> dict[
                 options.kept[(path, options.size)] = os.path.join(options.keep_dir, f"{options.passes}-{i}.tensor")
             continue
         reason = check_file(path)  # the same words as ever for a file the pass dropped
-        verdicts[path] = (reason or "cannot decode in the input pipeline", (0, 0))
+        verdicts[path] = (reason, (0, 0) if reason else _size_of(path))  # fine alone: the pass failed around it
     return verdicts
+
+
+def _size_of(path: str) -> tuple[int, int]:
+    """(width, height) of a file that decodes eagerly but not in the pass (e.g. the keep folder was full)."""
+    from tlkit.data.decode import decode_image_file
+
+    height, width = decode_image_file(path).shape[:2]
+    return int(width), int(height)
 
 
 def _summed(rows: np.ndarray, options: ScanOptions) -> np.ndarray:
@@ -297,7 +305,8 @@ def _share(paths: list[str], mine: dict[str, tuple[str | None, tuple[int, int]]]
         if path in mine:
             continue
         state, w, h = (int(v) for v in total[i])
-        verdicts[path] = (None, (w, h)) if state == 1 else (check_file(path) or "cannot decode in the input pipeline", (0, 0))
+        reason = None if state == 1 else check_file(path)
+        verdicts[path] = (reason, (w, h) if state == 1 else (0, 0) if reason else _size_of(path))
     return verdicts
 
 
