@@ -293,7 +293,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--baseline", help="another checkout to time the same way (e.g. main, before this work)")
-    parser.add_argument("--no-workers", action="store_true", help="skip the two-worker runs")
+    parser.add_argument("--workers-at", type=int, nargs="*", help="sizes with the two-worker runs (default: all)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     pool = [[photo(rng) for _ in range(DISTINCT)] for _ in range(CLASSES)]
@@ -311,7 +311,8 @@ def main() -> None:
                   f"second {second['wall']:.1f} / {second['cpu']:.1f} s", flush=True)
         for n in args.sizes:
             for label, path in checkouts:
-                row = measure(n, work, pool, startups[label], path, workers=not args.no_workers, scans=label == "this")
+                workers = args.workers_at is None or n in args.workers_at
+                row = measure(n, work, pool, startups[label], path, workers=workers, scans=label == "this")
                 print_row(row, label)
                 print("JSON " + json.dumps({"checkout": label, **row}), flush=True)
     finally:
