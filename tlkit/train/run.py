@@ -162,6 +162,8 @@ class _Feed:
     steps: int
     setup_seconds: float = 0.0
     on_features: bool = False
+    train_count: int | None = None  # examples per epoch, all workers together (for a sharded pipeline)
+    val_count: int | None = None
 
 
 class FineTuneRun:
@@ -348,13 +350,16 @@ class FineTuneRun:
         schedule_callbacks, class_weight, start = self._compile(trained, stage, feed.steps, resume_dir)
         if self.rec.runtime.deterministic:
             replay(feed.train, start - self.epoch, start - self.epoch, self.quiet)
+        batch, place = self.rec.train.batch_size, self.place
+        train = place.shard(feed.train, feed.train_count, batch, class_weight)
+        val = place.shard(feed.val, feed.val_count, batch)
         with self.place.scope():
             history = trained.fit(
-                self.place.shard(feed.train),
-                validation_data=self.place.shard(feed.val),
+                train,
+                validation_data=val,
                 initial_epoch=start,
                 epochs=self.epoch + stage.epochs,
-                class_weight=class_weight,
+                class_weight=None if place.takes_shards else class_weight,
                 shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
                 callbacks=self._callbacks(stage, feed, schedule_callbacks, resume_dir),
                 verbose=0 if self.quiet else (1 if sys.stdout.isatty() else 2),
@@ -367,12 +372,14 @@ class FineTuneRun:
         """A head-only stage trains on cached backbone features where the recipe, task and placement allow it."""
         rec = self.rec
         cached = stage.unfreeze == "none" and rec.train.cache_features and self.task.cache_features
+        counts = self.bundle.splits["train"].size, self.bundle.splits["val"].size
         if not (cached and self.place.caches_features):
-            return _Feed(self.model, self.train_ds, self.val_ds, self.steps)
+            return _Feed(self.model, self.train_ds, self.val_ds, self.steps, train_count=counts[0], val_count=counts[1])
         setup = time.perf_counter()
         head, train, val = feature_head(self.model, self.train_ds, self.plain_train_ds, self.val_ds, rec, self.quiet)
-        steps = math.ceil(self.bundle.splits["train"].size * rec.train.feature_views / rec.train.batch_size)  # all workers'
-        return _Feed(head, train, val, max(1, steps), time.perf_counter() - setup, on_features=True)
+        views = counts[0] * rec.train.feature_views  # all workers' feature rows
+        steps = max(1, math.ceil(views / rec.train.batch_size))
+        return _Feed(head, train, val, steps, time.perf_counter() - setup, True, views, counts[1])
 
     def _compile(self, trained: keras.Model, stage: Stage, steps: int, resume_dir: Path) -> tuple[list[Any], Any, int]:
         """Compile with the stage's optimizer and fresh loss and metrics, then load the stage's resume point if any.
