@@ -114,8 +114,30 @@ def test_each_worker_takes_a_disjoint_shard_of_the_files(tmp_path):
         for part in parts:  # labels travel with their files
             labels = dict(zip(split.paths, split.labels.tolist()))
             assert part.splits[name].labels.tolist() == [labels[p] for p in part.splits[name].paths]
+    sizes = [part.splits["train"].size for part in parts]
+    assert abs(sizes[0] - sizes[1]) <= 1  # balanced: the workers' epochs take the same number of steps
     single = Placement(None, "default", "float32")
     assert single.shard_bundle(bundle) is bundle and not single.presharded
+
+
+def test_worker_batches_have_equal_steps_and_none_empty():
+    """33 examples, global batch 8 on 2 workers: 17 + 16 examples, 5 non-empty local batches each."""
+    from tlkit.distribute import Placement
+
+    class TwoReplicas:  # stands in for MultiWorkerMirroredStrategy: one replica per worker
+        num_replicas_in_sync = 2
+
+        def distribute_datasets_from_function(self, fn):
+            return fn(None)
+
+    seen = []
+    for index, mine in ((0, range(0, 17)), (1, range(17, 33))):
+        place = Placement(TwoReplicas(), "multi_worker", "float32", workers=2, index=index, presharded=True)
+        local = tf.data.Dataset.from_tensor_slices(list(mine)).batch(8)  # a worker's pipeline, at the global batch
+        batches = [b.numpy().tolist() for b in place.shard(local, count=33, batch=8)]
+        assert len(batches) == 5 and all(1 <= len(b) <= 4 for b in batches), batches
+        seen += [x for b in batches for x in b]
+    assert sorted(seen) == list(range(33))  # every example once per epoch
 
 
 def test_a_folder_on_a_gfile_filesystem_loads_like_a_local_one(tmp_path):
