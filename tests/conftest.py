@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# remembered scan verdicts (tlkit.data.scan) go to a scratch folder, not the user's ~/.cache
+if "TLKIT_CACHE_DIR" not in os.environ:
+    os.environ["TLKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="tlkit-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["TLKIT_CACHE_DIR"], True)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

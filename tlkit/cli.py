@@ -62,8 +62,9 @@ def cli() -> None:
 @click.option("--no-export", is_flag=True, help="Skip the SavedModel export at the end.")
 @click.option("--no-report", is_flag=True, help="Skip the pictures and index.html in RUN_DIR/report/.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")
+@click.option("--rescan", is_flag=True, help="Check every image file again (default: only new or changed ones).")
 @_handle_errors
-def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, resume: str | None, no_export: bool, no_report: bool, quiet: bool, **flags: Any) -> None:
+def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, resume: str | None, no_export: bool, no_report: bool, quiet: bool, rescan: bool, **flags: Any) -> None:
     """Train a model from RECIPE (a YAML file or a shipped name; default: quickstart)."""
     from tlkit.recipe import parse_override
     from tlkit.train import finetune as run
@@ -79,6 +80,7 @@ def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, res
         quiet=quiet,
         export=False if no_export else None,
         report=not no_report,
+        rescan=rescan,
         **flags,
     )
     if not result.chief:  # another worker of a multi-worker run: the chief reports

@@ -76,7 +76,7 @@ class Runner:
         from tlkit.data.decode import decode_image
         from tlkit.data.pipeline import resize_image
 
-        batch = tf.stack([resize_image(decode_image(tf.constant(b)), self.size) for b in data])
+        batch = tf.stack([resize_image(decode_image(tf.constant(b), min_size=self.size), self.size) for b in data])
         return self(batch.numpy())
 
 

@@ -34,6 +34,8 @@ def load_data(data: Any, seed: int, task: Any, progress: bool = True) -> DataBun
     """Resolve `data.source` through the registry and let `task` read it; a plain path is the task's folder layout."""
     source = data.source.strip()
     prefix, sep, rest = source.partition(":")
+    if rest.startswith("//"):  # a URL (gs://, s3://, ram://): a folder read through tf.io.gfile
+        return task.folder(source, data, seed, progress)
     if sep and prefix in SOURCES:
         return SOURCES[prefix](rest, data, seed, task, progress)
     if sep and len(prefix) > 1 and not Path(source).exists():

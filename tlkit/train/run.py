@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import keras
 
 from tlkit import distribute, runs
+from tlkit.data.scan import scan_options
 from tlkit.errors import TlkitError
 from tlkit.models.parts import probability_fn
 from tlkit.models.stages import apply_stage, input_size, load_run_model, resolve_batchnorm, weights_of
@@ -63,6 +64,7 @@ def finetune(
     quiet: bool = False,
     export: bool | None = None,
     report: bool = True,
+    rescan: bool = False,
     **flags: Any,
 ) -> RunResult:
     """Train a model as the recipe says; return metrics, run directory and export path.
@@ -71,6 +73,7 @@ def finetune(
     `input_size=`) or dotted keys written with `__` (`train__label_smoothing=0.1`).
     `resume=RUN_DIR` continues an interrupted run from its own folder.
     `report=False` skips the pictures and index.html in RUN_DIR/report/.
+    `rescan=True` checks every image file again instead of trusting the verdicts remembered for the folder.
     """
     started = time.perf_counter()
     run_path, state = None, {}
@@ -86,7 +89,7 @@ def finetune(
         merged = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(overrides or {})
         merged.update(shortcut_overrides(**flags))
         rec = load_recipe(recipe, merged)
-    with distribute.placed(rec.runtime) as place:
+    with distribute.placed(rec.runtime) as place, scan_options(input_size(rec), rescan=rescan, **place.scan_sharing()):
         run = FineTuneRun(
             rec, place, run_path, state, run_dir=run_dir, quiet=quiet, export=export, report=report, started=started
         )
@@ -159,6 +162,8 @@ class _Feed:
     steps: int
     setup_seconds: float = 0.0
     on_features: bool = False
+    train_count: int | None = None  # examples per epoch, all workers together (for a sharded pipeline)
+    val_count: int | None = None
 
 
 class FineTuneRun:
@@ -212,7 +217,8 @@ class FineTuneRun:
         self.rec = self.place.effective(self.rec)  # per-replica batch -> global batch (and the learning-rate rule, if asked)
         self.cache = self.run_path / "cache"
         shutil.rmtree(self.cache, ignore_errors=True)  # a killed run leaves partial cache files and locks
-        self.train_ds, self.plain_train_ds, self.val_ds = self.task.pipelines(self.bundle, self.rec, self.cache)
+        # each worker of a multi-worker run reads, decodes and caches only its shard of the image files
+        self.train_ds, self.plain_train_ds, self.val_ds = self.task.pipelines(self.place.shard_bundle(self.bundle), self.rec, self.cache)
         self.steps = max(1, math.ceil(self.bundle.splits["train"].size / self.rec.train.batch_size))
         keras.utils.set_random_seed(self.rec.seed)  # again: generating a built-in dataset draws from the global RNG
         with self.place.scope():
@@ -344,13 +350,16 @@ class FineTuneRun:
         schedule_callbacks, class_weight, start = self._compile(trained, stage, feed.steps, resume_dir)
         if self.rec.runtime.deterministic:
             replay(feed.train, start - self.epoch, start - self.epoch, self.quiet)
+        batch, place = self.rec.train.batch_size, self.place
+        train = place.shard(feed.train, feed.train_count, batch, class_weight)
+        val = place.shard(feed.val, feed.val_count, batch)
         with self.place.scope():
             history = trained.fit(
-                self.place.shard(feed.train),
-                validation_data=self.place.shard(feed.val),
+                train,
+                validation_data=val,
                 initial_epoch=start,
                 epochs=self.epoch + stage.epochs,
-                class_weight=class_weight,
+                class_weight=None if place.takes_shards else class_weight,
                 shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
                 callbacks=self._callbacks(stage, feed, schedule_callbacks, resume_dir),
                 verbose=0 if self.quiet else (1 if sys.stdout.isatty() else 2),
@@ -363,11 +372,14 @@ class FineTuneRun:
         """A head-only stage trains on cached backbone features where the recipe, task and placement allow it."""
         rec = self.rec
         cached = stage.unfreeze == "none" and rec.train.cache_features and self.task.cache_features
+        counts = self.bundle.splits["train"].size, self.bundle.splits["val"].size
         if not (cached and self.place.caches_features):
-            return _Feed(self.model, self.train_ds, self.val_ds, self.steps)
+            return _Feed(self.model, self.train_ds, self.val_ds, self.steps, train_count=counts[0], val_count=counts[1])
         setup = time.perf_counter()
         head, train, val = feature_head(self.model, self.train_ds, self.plain_train_ds, self.val_ds, rec, self.quiet)
-        return _Feed(head, train, val, int(train.cardinality()), time.perf_counter() - setup, on_features=True)
+        views = counts[0] * rec.train.feature_views  # all workers' feature rows
+        steps = max(1, math.ceil(views / rec.train.batch_size))
+        return _Feed(head, train, val, steps, time.perf_counter() - setup, True, views, counts[1])
 
     def _compile(self, trained: keras.Model, stage: Stage, steps: int, resume_dir: Path) -> tuple[list[Any], Any, int]:
         """Compile with the stage's optimizer and fresh loss and metrics, then load the stage's resume point if any.
