@@ -23,10 +23,11 @@ import keras
 from tlkit import distribute, runs
 from tlkit.errors import TlkitError
 from tlkit.models.parts import probability_fn
-from tlkit.models.stages import apply_stage, input_size, load_run_model, resolve_batchnorm, weights_of
+from tlkit.models.stages import apply_stage, fetch_pretrained, input_size, load_run_model, resolve_batchnorm, weights_of
 from tlkit.recipe import Recipe, Stage, parse_override, shortcut_overrides
 from tlkit.runtime import seed_and_determinism
 from tlkit.tasks import get_task, load_data, load_recipe
+from tlkit.train.adapt import resolve_auto
 from tlkit.train.callbacks import (
     BestCheckpoint,
     EpochEstimate,
@@ -85,6 +86,8 @@ def finetune(
     else:
         merged = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(overrides or {})
         merged.update(shortcut_overrides(**flags))
+        if flags.get("backbone") is not None and flags.get("weights") is None and "model.weights" not in merged:
+            merged["model.weights"] = None  # another backbone comes with its own default weights (scratch: none)
         rec = load_recipe(recipe, merged)
     with distribute.placed(rec.runtime) as place:
         run = FineTuneRun(
@@ -206,8 +209,10 @@ class FineTuneRun:
     def prepare(self) -> None:
         """Data, run directory, pipelines and model, then the summary."""
         self.task.check(self.rec)
+        fetch_pretrained(self.rec)  # offline, fail before reading the data, not after
         seed_and_determinism(self.rec.seed, self.rec.runtime.deterministic)
         self._load_data()
+        self.rec, self.auto_notes = resolve_auto(self.rec, self.bundle, self.place.replicas)  # auto size and lengths
         self._open_run_dir()
         self.rec = self.place.effective(self.rec)  # per-replica batch -> global batch (and the learning-rate rule, if asked)
         self.cache = self.run_path / "cache"
@@ -266,6 +271,7 @@ class FineTuneRun:
         if bundle.skipped:
             lines.append(f"  skipped   {len(bundle.skipped)} unreadable file(s), listed in {self.run_path / runs.SKIPPED}")
         lines.append(f"  backbone  {rec.model.backbone} (weights: {weights_of(rec)}) at {size}x{size}")
+        lines += [f"  {note}" for note in self.auto_notes]
         runtime = self.place.describe()
         if runtime:
             lines.append(f"  runtime   {runtime}, global batch {rec.train.batch_size}")
@@ -429,7 +435,9 @@ class FineTuneRun:
         if state:
             runs.write_json(run_path / runs.TASK_STATE, state)
         batches = task.eval_pipeline(self.bundle, rec, split, rec.train.batch_size)
-        self.metrics = {"split": split, **task.evaluate(prob_fn, batches, self.bundle.class_names, state)}
+        selected_on = "val" if task.monitor(rec).startswith("val_") else "train"  # the split that picked best.keras
+        metrics = task.evaluate(prob_fn, batches, self.bundle.class_names, state)
+        self.metrics = {"split": split, "selected_on": selected_on, **metrics}
         runs.write_json(run_path / runs.METRICS, self.metrics)
         headline = task.headline
         _say(

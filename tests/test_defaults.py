@@ -1,0 +1,120 @@
+"""Defaults that adapt to the data: the no-recipe choice, input_size auto, stages in steps, honest figures."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+import yaml
+from conftest import write_images
+
+from tlkit.data.autosize import auto_input_size, candidate_sizes
+from tlkit.errors import TlkitError
+from tlkit.recipe import Stage
+from tlkit.runs import selection_note
+from tlkit.tasks import load_recipe
+from tlkit.train.adapt import stage_epochs, steps_per_epoch
+
+
+@pytest.mark.parametrize(
+    ("sizes", "expected"),
+    [
+        ([(128, 128)] * 9, 128),  # flowers_128: its own size, not upsampled to 224
+        ([(375, 500), (500, 375), (333, 500)], 224),  # full-size photos: the native size
+        ([(120, 160)] * 3, 128),  # 6.7% up is fine
+        ([(100, 100)] * 3, 96),  # 128 would be 1.28x: the next size down
+        ([(20, 24)], 32),  # below the backbone's smallest input: its minimum
+        ([], 224),  # nothing known: native
+    ],
+)
+def test_auto_input_size_from_median_short_side(sizes, expected):
+    choice = auto_input_size(sizes, native=224, min_size=32, backbone="mobilenet")
+    assert choice.size == expected
+    assert f"{expected} px" in choice.reason and "\n" not in choice.reason
+
+
+def test_auto_size_never_upsamples_far_and_uses_the_median():
+    # one huge image among small ones does not move the choice
+    assert auto_input_size([(64, 64)] * 5 + [(4000, 3000)], 224, 32).size == 64
+    for side in range(32, 400, 7):
+        size = auto_input_size([(side, side + 10)], 224, 32).size
+        assert size <= max(32, side * 1.15) and size in candidate_sizes(224, 32)
+
+
+def test_stage_epochs_by_hand():
+    stage = Stage(epochs="auto", steps=500, min_epochs=2, max_epochs=10)
+    # 300 images, batch 32: ceil(300/32) = 10 steps an epoch; 500/10 = 50 epochs, capped at 10
+    assert steps_per_epoch(300, 32) == 10 and stage_epochs(stage, 10) == 10
+    # 3,453 images (flowers): 108 steps; ceil(500/108) = 5 epochs = 540 steps
+    assert steps_per_epoch(3453, 32) == 108 and stage_epochs(stage, 108) == 5
+    # 40,000 images: 1,250 steps; ceil(500/1250) = 1, raised to min_epochs 2 = 2,500 steps
+    assert steps_per_epoch(40_000, 32) == 1250 and stage_epochs(stage, 1250) == 2
+    assert stage_epochs(Stage(epochs=7), 1250) == 7  # a number stays itself
+
+
+def test_warmup_in_steps_replaces_warmup_epochs():
+    from tlkit.train.schedules import learning_rate
+
+    schedule, _ = learning_rate(Stage(epochs=3, schedule="cosine", warmup_epochs=1, warmup_steps=40), 100)
+    assert schedule.warmup_steps == 40 and schedule.total_steps == 300
+    schedule, _ = learning_rate(Stage(epochs=1, schedule="cosine", warmup_steps=500), 100)
+    assert schedule.warmup_steps == 100  # never longer than the stage
+
+
+def test_no_recipe_picks_quickstart_or_the_own_images_default(tmp_path):
+    assert load_recipe(None).name == "quickstart"
+    assert load_recipe(None, {"data.source": "builtin:shapes/tiny"}).name == "quickstart"
+    own = load_recipe(None, {"data.source": str(tmp_path)})
+    assert own.name == "own_images" and own.model.weights == "imagenet" and own.model.input_size == "auto"
+    assert all(stage.epochs == "auto" for stage in own.train.stages)
+    with pytest.raises(TlkitError, match="input_size"):
+        load_recipe("quickstart", {"model.input_size": 0})
+
+
+def test_selection_note_only_when_the_reported_split_picked_the_epoch():
+    assert "optimistic" in selection_note({"split": "val", "selected_on": "val"})
+    assert selection_note({"split": "test", "selected_on": "val"}) is None
+    assert selection_note({"split": "val"}) is None
+
+
+def test_own_folder_default_with_backbone_scratch_adapts_to_the_images(tmp_path, capsys):
+    """`tlkit finetune --data DIR --backbone scratch`: offline, auto size from the images, honest metrics."""
+    import tlkit
+
+    write_images(tmp_path / "data", {"red": (220, 30, 30), "blue": (30, 30, 220)}, per_class=10, size=20)
+    result = tlkit.finetune(
+        data=str(tmp_path / "data"),
+        backbone="scratch",  # the way out without weights: its own default weights (none)
+        overrides={"train.stages.*.max_epochs": 2, "train.stages.*.min_epochs": 1, "train.batch_size": 8},
+        run_dir=tmp_path / "run",
+        export=False,
+        report=False,
+    )
+    out = capsys.readouterr().out
+    assert "own_images" in out and "input     16 px: the median image short side is 20 px" in out
+    assert "epochs: auto" in out
+    saved = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())
+    assert saved["model"]["input_size"] == 16 and saved["model"]["weights"] is None
+    assert [s["epochs"] for s in saved["train"]["stages"]] == [2, 2]  # 2 steps an epoch: capped at max_epochs
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["split"] == "val" and metrics["selected_on"] == "val"
+
+
+def test_offline_imagenet_error_names_the_file_and_both_ways_out(tmp_path, monkeypatch):
+    from tlkit.models.backbones import keras_models_dir
+
+    if (keras_models_dir() / "mobilenet_1_0_224_tf_no_top.h5").exists():
+        pytest.skip("the ImageNet file is cached in ~/.keras/models, so nothing is downloaded")
+    import tlkit
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (no network in this test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    (tmp_path / "data").mkdir()  # empty: the weights are fetched before the data is read
+    with pytest.raises(TlkitError) as err:
+        tlkit.finetune(data=str(tmp_path / "data"), run_dir=tmp_path / "run", quiet=True)
+    text = str(err.value)
+    assert "mobilenet_1_0_224_tf_no_top.h5" in text and "--weights PATH" in text and "--backbone scratch" in text
+    assert "\n" not in text
