@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import socket
+from types import SimpleNamespace
 
 import pytest
-import yaml
-from conftest import write_images
 
 from tlkit.data.autosize import auto_input_size, candidate_sizes
 from tlkit.errors import TlkitError
@@ -78,27 +76,33 @@ def test_selection_note_only_when_the_reported_split_picked_the_epoch():
     assert selection_note({"split": "val"}) is None
 
 
-def test_own_folder_default_with_backbone_scratch_adapts_to_the_images(tmp_path, capsys):
-    """`tlkit finetune --data DIR --backbone scratch`: offline, auto size from the images, honest metrics."""
-    import tlkit
+def test_own_folder_default_with_backbone_scratch_adapts_to_the_images(tmp_path):
+    """`tlkit finetune --data DIR --backbone scratch`: the own-images default, offline, sized from the images."""
+    from PIL import Image
 
-    write_images(tmp_path / "data", {"red": (220, 30, 30), "blue": (30, 30, 220)}, per_class=10, size=20)
-    result = tlkit.finetune(
-        data=str(tmp_path / "data"),
-        backbone="scratch",  # the way out without weights: its own default weights (none)
-        overrides={"train.stages.*.max_epochs": 2, "train.stages.*.min_epochs": 1, "train.batch_size": 8},
-        run_dir=tmp_path / "run",
-        export=False,
-        report=False,
-    )
-    out = capsys.readouterr().out
-    assert "own_images" in out and "input     16 px: the median image short side is 20 px" in out
-    assert "epochs: auto" in out
-    saved = yaml.safe_load((result.run_dir / "recipe.yaml").read_text())
-    assert saved["model"]["input_size"] == 16 and saved["model"]["weights"] is None
-    assert [s["epochs"] for s in saved["train"]["stages"]] == [2, 2]  # 2 steps an epoch: capped at max_epochs
-    metrics = json.loads((result.run_dir / "metrics.json").read_text())
-    assert metrics["split"] == "val" and metrics["selected_on"] == "val"
+    from tlkit.data.imagesizes import image_sizes
+    from tlkit.tasks import get_task
+    from tlkit.train.adapt import resolve_auto
+    from tlkit.train.run import run_recipe
+
+    paths = []
+    for i in range(16):  # short sides 20 (12 images) and 200 (4): the median is 20
+        side = 20 if i % 4 else 200
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (side + 7, side)).save(paths[-1])
+    bundle = SimpleNamespace(info={}, splits={"train": SimpleNamespace(size=16, paths=paths)})
+    assert sorted(image_sizes(bundle))[0] == (20, 27)
+
+    rec = run_recipe(data=str(tmp_path), backbone="scratch", batch_size=8)
+    assert rec.name == "own_images" and rec.model.weights is None  # scratch's own default: no weights to fetch
+    get_task(rec).check(rec)
+    resolved, notes = resolve_auto(rec, bundle)
+    assert resolved.model.input_size == 16  # 20 px images: 16 (24 would be 1.2x up)
+    assert "input     16 px: the median image short side is 20 px" in notes[0]
+    # 16 train images at batch 8 = 2 steps an epoch: the head's 300 steps capped at 30 epochs, the fine-tune's 500 at 10
+    assert [s.epochs for s in resolved.train.stages] == [30, 10]
+    assert "head: 30 epoch(s) x 2 steps = 60 steps" in notes[1]
+    assert load_recipe(resolved.to_dict()).model.input_size == 16  # what recipe.yaml stores validates again
 
 
 def test_offline_imagenet_error_names_the_file_and_both_ways_out(tmp_path, monkeypatch):

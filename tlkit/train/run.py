@@ -84,16 +84,29 @@ def finetune(
             return export_only(run_path, rec, export, quiet, started)
         state = runs.read_json(run_path / runs.STATE) if (run_path / runs.STATE).is_file() else {}
     else:
-        merged = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(overrides or {})
-        merged.update(shortcut_overrides(**flags))
-        if flags.get("backbone") is not None and flags.get("weights") is None and "model.weights" not in merged:
-            merged["model.weights"] = None  # another backbone comes with its own default weights (scratch: none)
-        rec = load_recipe(recipe, merged)
+        rec = run_recipe(recipe, overrides, **flags)
     with distribute.placed(rec.runtime) as place:
         run = FineTuneRun(
             rec, place, run_path, state, run_dir=run_dir, quiet=quiet, export=export, report=report, started=started
         )
         return run.execute()
+
+
+def run_recipe(
+    recipe: "str | Path | dict[str, Any] | Recipe | None" = None,
+    overrides: "dict[str, Any] | list[str] | None" = None,
+    **flags: Any,
+) -> Recipe:
+    """The recipe `finetune` would run: overrides, then the shortcut flags; no recipe picks the shipped default.
+
+    `--backbone` without `--weights` takes that backbone's own default weights (imagenet; scratch:
+    none), so `--backbone scratch` works from a pretrained recipe.
+    """
+    merged = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(overrides or {})
+    merged.update(shortcut_overrides(**flags))
+    if flags.get("backbone") is not None and flags.get("weights") is None and "model.weights" not in merged:
+        merged["model.weights"] = None
+    return load_recipe(recipe, merged)
 
 
 def export_only(run_path: Path, rec: Recipe, export: bool | None, quiet: bool, started: float) -> RunResult:
