@@ -2,8 +2,8 @@
 
     python bench/stage_policy.py --data flowers|pets [--size N] [--json] CONFIG [CONFIG ...]
 
-Runs recipes/flowers_mobilenet.yaml (MobileNet 0.25, the real weights from
-../shared/data/weights) with each CONFIG's overrides on
+Runs BASE (the two-stage flowers recipe as it was before issue 15: MobileNet 0.25 with the
+real weights from ../shared/data/weights, head then top-36 fine-tune) with each CONFIG's overrides on
 - flowers: ../shared/data/classification/flowers_128 (3,453 train / 864 val, 128 px photos), the "large" case;
 - pets: the 600 Oxford pets photos as 3 breeds (480 train / 120 val, ~500x375 px), the "small" case,
   viewed through symlinks in a temporary folder.
@@ -27,6 +27,22 @@ FLOWERS = SHARED / "classification" / "flowers_128"
 PETS = SHARED / "segmentation" / "oxford_pets_sample" / "images"
 WEIGHTS = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
 
+BASE = {
+    "name": "stage_policy",
+    "seed": 1337,
+    "data": {"val_fraction": 0.2, "augment": {"flip": "horizontal", "rotation": 0.05}},
+    "model": {"backbone": "mobilenet", "options": {"alpha": 0.25}, "head": {"dropout": 0.2}},
+    "train": {
+        "batch_size": 32,
+        "stages": [
+            {"name": "head", "epochs": 2, "unfreeze": "none", "optimizer": "adam", "learning_rate": 0.003},
+            {
+                "name": "finetune", "epochs": 6, "unfreeze": 36, "batchnorm": "train", "optimizer": "sgd",
+                "momentum": 0.9, "learning_rate": 0.01, "schedule": "cosine", "warmup_epochs": 1,
+            },
+        ],
+    },
+}
 _HEAD10 = ["train.stages.0.epochs=10"]
 CONFIGS: dict[str, list[str]] = {
     # the shipped recipe before issue 15: head 2 epochs, fine-tune SGD 0.01 with BatchNorm training
@@ -37,6 +53,9 @@ CONFIGS: dict[str, list[str]] = {
     "head10_bnfrozen_sgd01": [*_HEAD10, "train.stages.1.batchnorm=frozen", "train.stages.1.learning_rate=0.01"],
     "head10_bnfrozen_adam3e4": [
         *_HEAD10, "train.stages.1.batchnorm=frozen", "train.stages.1.optimizer=adam", "train.stages.1.learning_rate=0.0003",
+    ],
+    "head10_bnfrozen_adam1e4": [
+        *_HEAD10, "train.stages.1.batchnorm=frozen", "train.stages.1.optimizer=adam", "train.stages.1.learning_rate=0.0001",
     ],
     "head10_bntrain_adam3e4": [
         *_HEAD10, "train.stages.1.batchnorm=train", "train.stages.1.optimizer=adam", "train.stages.1.learning_rate=0.0003",
@@ -61,7 +80,7 @@ def run(source: Path, size: int, overrides: list[str], tmp: Path, name: str) -> 
 
     start = time.perf_counter()
     result = tlkit.finetune(
-        ROOT / "recipes" / "flowers_mobilenet.yaml",
+        BASE,
         overrides=[f"model.input_size={size}", *overrides],
         data=str(source),
         weights=str(WEIGHTS),
