@@ -55,7 +55,7 @@ def cli() -> None:
 @click.option("--weights", help="imagenet, none, or a path to a weights file.")
 @click.option("--epochs", type=int, help="Epochs of every stage.")
 @click.option("--batch-size", type=int)
-@click.option("--input-size", type=int, help="Square input side in pixels.")
+@click.option("--input-size", help="Square input side in pixels, or auto (from the images' sizes).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe field, e.g. train.stages.0.learning_rate=0.01 (repeatable).")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Backbone option (model.options), e.g. alpha=0.25 (repeatable).")
 @click.option("--run-dir", type=click.Path(), help="Run directory (default runs/NAME-TIMESTAMP).")
