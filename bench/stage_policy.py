@@ -57,6 +57,12 @@ CONFIGS: dict[str, list[str]] = {
     "head10_bnfrozen_adam1e4": [
         *_HEAD10, "train.stages.1.batchnorm=frozen", "train.stages.1.optimizer=adam", "train.stages.1.learning_rate=0.0001",
     ],
+    "adabn_head10_bntrain_sgd01": [
+        *_HEAD10, "train.adapt_batchnorm=200", "train.stages.1.batchnorm=train", "train.stages.1.learning_rate=0.01",
+    ],
+    "adabn_head10_bntrain_sgd003": [
+        *_HEAD10, "train.adapt_batchnorm=200", "train.stages.1.batchnorm=train", "train.stages.1.learning_rate=0.003",
+    ],
     "head10_bntrain_adam3e4": [
         *_HEAD10, "train.stages.1.batchnorm=train", "train.stages.1.optimizer=adam", "train.stages.1.learning_rate=0.0003",
     ],

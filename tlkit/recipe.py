@@ -210,6 +210,13 @@ class Train(Section):
         True,
         description="a stage with unfreeze: none trains the head on backbone features computed once per image",
     )
+    adapt_batchnorm: int = Field(
+        0,
+        ge=0,
+        description="before the first stage, re-estimate the backbone's BatchNorm statistics on up to this many "
+        "training batches (AdaBN), so a later stage that trains BatchNorm does not shift the features the head "
+        "learned; 0: keep the pretrained statistics",
+    )
     feature_views: int = Field(
         1, gt=0, description="with cache_features: 1 = the plain image only; N = it plus N-1 augmented views per image"
     )

@@ -28,6 +28,7 @@ from tlkit.recipe import Recipe, Stage, parse_override, shortcut_overrides
 from tlkit.runtime import seed_and_determinism
 from tlkit.tasks import get_task, load_data, load_recipe
 from tlkit.train.adapt import resolve_auto
+from tlkit.train.batchnorm import adapt_batchnorm
 from tlkit.train.callbacks import (
     BestCheckpoint,
     EpochEstimate,
@@ -235,6 +236,9 @@ class FineTuneRun:
         keras.utils.set_random_seed(self.rec.seed)  # again: generating a built-in dataset draws from the global RNG
         with self.place.scope():
             self.model = self.task.build_model(self.rec, self.num_classes)
+        if self.done == 0 and self.rec.train.adapt_batchnorm:
+            count = adapt_batchnorm(self.model, self.plain_train_ds, self.rec.train.adapt_batchnorm)
+            self.auto_notes.append(f"batchnorm statistics re-estimated on {count} training batch(es) (train.adapt_batchnorm)")
         params = [apply_stage(self.model, s, resolve_batchnorm(self.rec, s)) for s in self.rec.train.stages]
         self._summary(params)
         # later stages rebuild the model and load the previous stage's weights: no pretrained download again
