@@ -122,3 +122,25 @@ def test_offline_imagenet_error_names_the_file_and_both_ways_out(tmp_path, monke
     text = str(err.value)
     assert "mobilenet_1_0_224_tf_no_top.h5" in text and "--weights PATH" in text and "--backbone scratch" in text
     assert "\n" not in text
+
+
+def test_adapt_batchnorm_sets_the_average_of_the_batch_statistics():
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from tlkit.tasks import get_task
+    from tlkit.train.batchnorm import adapt_batchnorm
+
+    rec = load_recipe({"model": {"backbone": "scratch", "input_size": 16, "blocks": [{"filters": 4}]}})
+    model = get_task(rec).build_model(rec, 2)
+    backbone = model.get_layer("backbone")
+    bn = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization))
+    x = np.random.default_rng(0).uniform(0, 255, (48, 16, 16, 3)).astype("float32")
+    batches = tf.data.Dataset.from_tensor_slices((x, np.zeros(48))).batch(16)
+    momentum = bn.momentum
+    assert adapt_batchnorm(model, batches, max_batches=10) == 3
+    conv = keras.Model(backbone.input, bn.input)
+    batch_means = [conv(model.get_layer("preprocess")(x[i : i + 16])).numpy().mean(axis=(0, 1, 2)) for i in (0, 16, 32)]
+    np.testing.assert_allclose(bn.moving_mean.numpy(), np.mean(batch_means, axis=0), rtol=1e-5, atol=1e-6)
+    assert bn.momentum == momentum and bn.trainable  # the layer is left as it was
