@@ -99,8 +99,8 @@ def test_own_folder_default_with_backbone_scratch_adapts_to_the_images(tmp_path)
     resolved, notes = resolve_auto(rec, bundle)
     assert resolved.model.input_size == 16  # 20 px images: 16 (24 would be 1.2x up)
     assert "input     16 px: the median image short side is 20 px" in notes[0]
-    # 16 train images at batch 8 = 2 steps an epoch: the head's 300 steps capped at 30 epochs, the fine-tune's 500 at 10
-    assert [s.epochs for s in resolved.train.stages] == [30, 10]
+    # 16 train images at batch 8 = 2 steps an epoch: the head's 1000 steps capped at 30 epochs, the fine-tune's 500 at 5
+    assert [s.epochs for s in resolved.train.stages] == [30, 5]
     assert "head: 30 epoch(s) x 2 steps = 60 steps" in notes[1]
     assert load_recipe(resolved.to_dict()).model.input_size == 16  # what recipe.yaml stores validates again
 
