@@ -55,8 +55,9 @@ def cli() -> None:
 @click.option("--weights", help="imagenet, none, or a path to a weights file.")
 @click.option("--epochs", type=int, help="Epochs of every stage.")
 @click.option("--batch-size", type=int)
-@click.option("--input-size", type=int, help="Square input side in pixels.")
+@click.option("--input-size", help="Square input side in pixels, or auto (from the images' sizes).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe field, e.g. train.stages.0.learning_rate=0.01 (repeatable).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Backbone option (model.options), e.g. alpha=0.25 (repeatable).")
 @click.option("--run-dir", type=click.Path(), help="Run directory (default runs/NAME-TIMESTAMP).")
 @click.option("--resume", type=click.Path(), help="Continue an interrupted run from its directory.")
 @click.option("--no-export", is_flag=True, help="Skip the SavedModel export at the end.")
@@ -64,14 +65,16 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")
 @click.option("--rescan", is_flag=True, help="Check every image file again (default: only new or changed ones).")
 @_handle_errors
-def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, resume: str | None, no_export: bool, no_report: bool, quiet: bool, rescan: bool, **flags: Any) -> None:
-    """Train a model from RECIPE (a YAML file or a shipped name; default: quickstart)."""
+def finetune(recipe: str | None, sets: tuple[str, ...], options: tuple[str, ...], run_dir: str | None, resume: str | None, no_export: bool, no_report: bool, quiet: bool, rescan: bool, **flags: Any) -> None:
+    """Train a model from RECIPE (a YAML file or a shipped name).
+
+    Without RECIPE: with --data, the pretrained own_images default; without, the offline quickstart.
+    """
     from tlkit.recipe import parse_override
     from tlkit.train import finetune as run
 
     overrides = dict(parse_override(s) for s in sets)
-    if resume is None and recipe is None:
-        recipe = "quickstart"
+    overrides.update((f"model.options.{k}", v) for k, v in map(parse_override, options))
     result = run(
         recipe,
         overrides=overrides or None,
@@ -92,6 +95,11 @@ def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, res
         click.echo(f"export: {result.export_dir}")
     headline = get_task(result.task).headline
     click.echo(f"{result.metrics['split']} {headline}: {result.metrics[headline]:.4f}  ({result.seconds:.1f} s)")
+    from tlkit.runs import selection_note
+
+    note = selection_note(result.metrics)
+    if note:
+        click.echo(note)
 
 
 @cli.command()
@@ -115,6 +123,11 @@ def evaluate(target: str, data: str | None, split: str | None, as_json: bool, un
     click.echo(f"split {metrics['split']}: {metrics['num_examples']} images")
     for line in get_task(resolve_target(target, ("run", "export")).task_name()).format_metrics(metrics):
         click.echo(line)
+    from tlkit.runs import selection_note
+
+    note = selection_note(metrics)
+    if note:
+        click.echo(note)
 
 
 @cli.command()

@@ -36,5 +36,8 @@ def evaluate(
     split = split or ("test" if "test" in bundle.splits else "val" if "val" in bundle.splits else "train")
     if split not in bundle.splits:
         raise TlkitError(f"split '{split}' is not available; this data has: {', '.join(bundle.splits)}")
-    return {"split": split, **task.evaluate(fn, task.eval_pipeline(bundle, recipe, split, batch_size), labels, state)}
+    metrics = task.evaluate(fn, task.eval_pipeline(bundle, recipe, split, batch_size), labels, state)
+    if data is None:  # the run's own splits: its best checkpoint was picked on one of them
+        metrics = {"selected_on": "val" if task.monitor(recipe).startswith("val_") else "train", **metrics}
+    return {"split": split, **metrics}
 

@@ -427,8 +427,9 @@ def _build_error(
         source = f" from {url}" if url else ""
         return TlkitError(
             f"could not download the ImageNet weights of {spec.name}: {filename}{source} ({reason}). "
-            f"Download it on a machine with network and set `model.weights: PATH` "
-            f"(or put it in {keras_models_dir()}/), or use `model.weights: none`"
+            f"Either fetch {filename} where there is a network and pass `--weights PATH` (model.weights: PATH; "
+            f"or put it in {keras_models_dir()}/), or train without pretrained weights: `--backbone scratch` "
+            f"(or `model.weights: none` to keep {spec.name} untrained)"
         )
     if kind == "path":
         settings = spec.configured_by + (f" (e.g. {spec.options[0]})" if spec.options else "")

@@ -24,10 +24,12 @@ from tlkit import distribute, runs
 from tlkit.data.scan import scan_options
 from tlkit.errors import TlkitError
 from tlkit.models.parts import probability_fn
-from tlkit.models.stages import apply_stage, input_size, load_run_model, resolve_batchnorm, weights_of
+from tlkit.models.stages import apply_stage, fetch_pretrained, input_size, load_run_model, resolve_batchnorm, weights_of
 from tlkit.recipe import Recipe, Stage, parse_override, shortcut_overrides
 from tlkit.runtime import seed_and_determinism
 from tlkit.tasks import get_task, load_data, load_recipe
+from tlkit.train.adapt import resolve_auto
+from tlkit.train.batchnorm import adapt_batchnorm
 from tlkit.train.callbacks import (
     BestCheckpoint,
     EpochEstimate,
@@ -86,14 +88,29 @@ def finetune(
             return export_only(run_path, rec, export, quiet, started)
         state = runs.read_json(run_path / runs.STATE) if (run_path / runs.STATE).is_file() else {}
     else:
-        merged = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(overrides or {})
-        merged.update(shortcut_overrides(**flags))
-        rec = load_recipe(recipe, merged)
+        rec = run_recipe(recipe, overrides, **flags)
     with distribute.placed(rec.runtime) as place, scan_options(input_size(rec), rescan=rescan, **place.scan_sharing()):
         run = FineTuneRun(
             rec, place, run_path, state, run_dir=run_dir, quiet=quiet, export=export, report=report, started=started
         )
         return run.execute()
+
+
+def run_recipe(
+    recipe: "str | Path | dict[str, Any] | Recipe | None" = None,
+    overrides: "dict[str, Any] | list[str] | None" = None,
+    **flags: Any,
+) -> Recipe:
+    """The recipe `finetune` would run: overrides, then the shortcut flags; no recipe picks the shipped default.
+
+    `--backbone` without `--weights` takes that backbone's own default weights (imagenet; scratch:
+    none), so `--backbone scratch` works from a pretrained recipe.
+    """
+    merged = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(overrides or {})
+    merged.update(shortcut_overrides(**flags))
+    if flags.get("backbone") is not None and flags.get("weights") is None and "model.weights" not in merged:
+        merged["model.weights"] = None
+    return load_recipe(recipe, merged)
 
 
 def export_only(run_path: Path, rec: Recipe, export: bool | None, quiet: bool, started: float) -> RunResult:
@@ -211,8 +228,10 @@ class FineTuneRun:
     def prepare(self) -> None:
         """Data, run directory, pipelines and model, then the summary."""
         self.task.check(self.rec)
+        fetch_pretrained(self.rec)  # offline, fail before reading the data, not after
         seed_and_determinism(self.rec.seed, self.rec.runtime.deterministic)
         self._load_data()
+        self.rec, self.auto_notes = resolve_auto(self.rec, self.bundle, self.place.replicas)  # auto size and lengths
         self._open_run_dir()
         self.rec = self.place.effective(self.rec)  # per-replica batch -> global batch (and the learning-rate rule, if asked)
         self.cache = self.run_path / "cache"
@@ -223,6 +242,9 @@ class FineTuneRun:
         keras.utils.set_random_seed(self.rec.seed)  # again: generating a built-in dataset draws from the global RNG
         with self.place.scope():
             self.model = self.task.build_model(self.rec, self.num_classes)
+        if self.done == 0 and self.rec.train.adapt_batchnorm:
+            count = adapt_batchnorm(self.model, self.plain_train_ds, self.rec.train.adapt_batchnorm)
+            self.auto_notes.append(f"batchnorm statistics re-estimated on {count} training batch(es) (train.adapt_batchnorm)")
         params = [apply_stage(self.model, s, resolve_batchnorm(self.rec, s)) for s in self.rec.train.stages]
         self._summary(params)
         # later stages rebuild the model and load the previous stage's weights: no pretrained download again
@@ -272,6 +294,7 @@ class FineTuneRun:
         if bundle.skipped:
             lines.append(f"  skipped   {len(bundle.skipped)} unreadable file(s), listed in {self.run_path / runs.SKIPPED}")
         lines.append(f"  backbone  {rec.model.backbone} (weights: {weights_of(rec)}) at {size}x{size}")
+        lines += [f"  {note}" for note in self.auto_notes]
         runtime = self.place.describe()
         if runtime:
             lines.append(f"  runtime   {runtime}, global batch {rec.train.batch_size}")
@@ -441,7 +464,9 @@ class FineTuneRun:
         if state:
             runs.write_json(run_path / runs.TASK_STATE, state)
         batches = task.eval_pipeline(self.bundle, rec, split, rec.train.batch_size)
-        self.metrics = {"split": split, **task.evaluate(prob_fn, batches, self.bundle.class_names, state)}
+        selected_on = "val" if task.monitor(rec).startswith("val_") else "train"  # the split that picked best.keras
+        metrics = task.evaluate(prob_fn, batches, self.bundle.class_names, state)
+        self.metrics = {"split": split, "selected_on": selected_on, **metrics}
         runs.write_json(run_path / runs.METRICS, self.metrics)
         headline = task.headline
         _say(
