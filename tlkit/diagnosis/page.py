@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 from typing import Any
 
@@ -28,22 +29,25 @@ STYLE = (
 
 
 def _thumbnail(path: str, cache: dict[str, str]) -> str:
-    """A small inline JPEG of the image at `path` ('' when it cannot be read: unreadable files, TFDS ids)."""
+    """A small inline JPEG of the image at `path` ('' when it cannot be read: unreadable files, TFDS ids).
+
+    Pillow, not the TensorFlow decoder: a few hundred eager TF calls cost seconds on a busy machine.
+    """
     if path in cache:
         return cache[path]
-    import tensorflow as tf
+    from PIL import Image
 
-    from tlkit.data.decode import decode_image_file
-    from tlkit.errors import TlkitError
-
+    cache[path] = ""
     try:
-        image = decode_image_file(path)
-    except TlkitError:
-        cache[path] = ""
+        with Image.open(path) as im:
+            im.draft("RGB", (THUMB, THUMB))  # JPEG: decode at a reduced scale
+            im = im.convert("RGB")
+            im.thumbnail((THUMB, THUMB))
+            buf = io.BytesIO()
+            im.save(buf, format="JPEG", quality=80)
+    except Exception:  # noqa: BLE001 - a preview is optional; the path is printed either way
         return ""
-    small = tf.image.resize(image, (THUMB, THUMB), preserve_aspect_ratio=True, antialias=True)
-    data = tf.io.encode_jpeg(tf.cast(tf.round(small), tf.uint8), quality=80).numpy()
-    cache[path] = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+    cache[path] = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
     return cache[path]
 
 
