@@ -67,13 +67,28 @@ def _features(rec: Any, model: str | Path | None, unsafe: bool) -> tuple[Any, in
 
     if model is not None:
         fn, source = feature_function(model, unsafe=unsafe)
-        return fn, input_size(source), f"the pooled features of the model of {model}"
-    m = rec.model
-    section = {"backbone": m.backbone, "weights": m.weights, "options": m.options, "input_size": m.input_size,
-               "blocks": [b.model_dump() for b in m.blocks]}
-    fn, source = feature_function(section)
+        described = f"the pooled features of the model of {model}"
+    else:
+        m = rec.model
+        section = {"backbone": m.backbone, "weights": m.weights, "options": m.options, "input_size": m.input_size,
+                   "blocks": [b.model_dump() for b in m.blocks]}
+        fn, source = feature_function(section)
+        described = f"{m.backbone} (weights: {weights_of(source)})"
     size = input_size(source)
-    return fn, size, f"{m.backbone} (weights: {weights_of(source)}) at {size}x{size}, average-pooled"
+    return _with_mirror(fn), size, f"{described} at {size}x{size}, average-pooled, averaged with the mirror image"
+
+
+def _with_mirror(fn: Any) -> Any:
+    """Features averaged over the image and its left-right mirror: on the noisy flowers bench the label findings'
+    precision rose from 0.42-0.43 to 0.43-0.46 for one more forward pass (no extra decode)."""
+    import tensorflow as tf
+
+    def both(images: Any) -> np.ndarray:
+        n = int(images.shape[0])
+        out = fn(tf.concat([images, tf.reverse(images, axis=[2])], axis=0))
+        return (out[:n] + out[n:]) / 2.0
+
+    return both
 
 
 def doctor(
@@ -137,7 +152,8 @@ def label_findings(scan: Scanned, neighbours: np.ndarray, class_names: list[str]
     y = scan.labels.astype(np.int64)
     n_classes = len(class_names)
     probs = labels.regression_probabilities(scan.features, y, n_classes, seed)
-    probs = (probs + labels.neighbour_probabilities(neighbours, y, n_classes)) / 2.0
+    votes = labels.neighbour_probabilities(neighbours, y, n_classes)
+    probs = labels.REGRESSION_WEIGHT * probs + (1.0 - labels.REGRESSION_WEIGHT) * votes
     flagged, suggested, score = labels.confident_issues(probs, y)
     return [
         Finding("label", [scan.paths[i]], [names[i]], float(score[i]), class_names[int(suggested[i])], members=[int(i)])
@@ -162,8 +178,8 @@ def summarize(scan: Scanned, bundle: Any, findings: list[Finding], mask_target: 
         f"perceptual hash (64-bit DCT pHash), at most {groups.NEAR_MAX_DISTANCE} differing bits"
     )
     summary["label_method"] = (
-        f"{labels.FOLDS}-fold softmax regression on the features averaged with a {labels.NEIGHBOURS}-nearest-neighbour "
-        "vote; confident-learning rule, ranked by 1 - p(given label)"
+        f"{labels.FOLDS}-fold softmax regression on the features ({labels.REGRESSION_WEIGHT}) averaged with a "
+        f"{labels.NEIGHBOURS}-nearest-neighbour vote; as many as confident learning counts, lowest p(given label) first"
     )
     summary["findings"] = counts
     return summary

@@ -1,16 +1,23 @@
 """Likely mislabelled images and outliers, from frozen features.
 
 Out-of-fold probabilities: a softmax regression trained on the other folds of a
-seeded, stratified k-fold, averaged with the vote of each image's nearest
-neighbours (cosine similarity, itself left out). Both see an image only from
-outside, so a wrong label cannot vouch for itself.
+seeded, stratified k-fold, averaged (0.7 / 0.3) with the vote of each image's 25
+nearest neighbours (cosine similarity, itself left out). Both see an image only
+from outside, so a wrong label cannot vouch for itself. These settings, and the
+features being the average over the image and its mirror image (doctor.py), were
+chosen on two noisy copies of flowers_128 (seeds 0 and 1, bench/doctor_flowers.py):
+mean precision of the top N 0.46, against 0.42 for the plain features with an
+even average of the regression and a 15-neighbour vote.
 
-The rule is confident learning (Northcutt, Jiang, Chuang 2021, the rule behind
-cleanlab's `find_label_issues`): a class's threshold is the mean probability of
-that class over the images given it; an image is an issue when the most probable
-class among those at or above their threshold is not its given one. Findings are
-ranked by self-confidence (score = 1 - probability of the given label, cleanlab's
-default ranking). We write these ~30 lines of NumPy instead of depending on
+How many labels are wrong comes from confident learning (Northcutt, Jiang,
+Chuang 2021, the rule behind cleanlab's `find_label_issues`): a class's threshold
+is the mean probability of that class over the images given it; an image counts
+when the most probable class among those at or above their threshold is not its
+given one. Which ones: that many images whose most probable class is not the given
+one, lowest self-confidence first (score = 1 - probability of the given label,
+cleanlab's default ranking), as cleanlab's `prune_by_noise_rate` keeps the
+count and removes by rank. On the noisy flowers bench, ranking every image this way
+put more moved files in the top N than ranking only the images the rule flags. We write these ~30 lines of NumPy instead of depending on
 cleanlab because it would pull pandas, scikit-learn and scipy (~150 MB) into every
 install for this one rule, and its Datalab would decode and embed the images again.
 """
@@ -21,10 +28,11 @@ import numpy as np
 import tensorflow as tf
 
 FOLDS = 5
-NEIGHBOURS = 15  # the vote averaged with the regression (measured: bench/doctor_flowers.py)
+NEIGHBOURS = 25  # neighbours that vote
+REGRESSION_WEIGHT = 0.7  # probabilities = 0.7 regression + 0.3 neighbour vote
 OUTLIER_NEIGHBOURS = 5
-L2 = 1e-3  # weight decay of the softmax regression on standardized features
-STEPS = 300
+L2 = 0.01  # weight decay of the softmax regression on standardized features
+STEPS = 200
 BLANK_GREY_STD = 2.0  # an image whose grey levels spread less than this is blank (an outlier whatever its features)
 _BLOCK_ELEMENTS = 4_000_000
 
@@ -126,17 +134,21 @@ def neighbour_probabilities(neighbours: np.ndarray, y: np.ndarray, classes: int,
 
 
 def confident_issues(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(flagged bool, suggested class, score) by the confident-learning rule (module docstring)."""
+    """(flagged bool, suggested class, score): how many labels are wrong by the confident-learning rule, and which
+    ones by self-confidence (module docstring)."""
     n, classes = probs.shape
+    rows = np.arange(n)
     thresholds = np.array([probs[y == c, c].mean() if (y == c).any() else 1.0 for c in range(classes)])
     above = probs >= thresholds[None, :] - 1e-9
-    confident = np.where(above, probs, -1.0)
-    best = confident.argmax(axis=1)
-    flagged = above.any(axis=1) & (best != y)
+    off_diagonal = above.any(axis=1) & (np.where(above, probs, -1.0).argmax(axis=1) != y)
     others = probs.copy()
-    others[np.arange(n), y] = -1.0
+    others[rows, y] = -1.0
     suggested = others.argmax(axis=1)
-    score = 1.0 - probs[np.arange(n), y]
+    score = 1.0 - probs[rows, y]
+    candidates = np.flatnonzero(probs.argmax(axis=1) != y)  # never claim an image whose best guess is its label
+    chosen = candidates[np.argsort(-score[candidates], kind="stable")][: int(off_diagonal.sum())]
+    flagged = np.zeros(n, bool)
+    flagged[chosen] = True
     return flagged, suggested, score
 
 
