@@ -78,6 +78,7 @@ def test_doctor_finds_planted_problems_and_writes_its_files(dirty, tmp_path):
     assert summary["images"] == 2 * 11 + 5 and summary["classes"] == {"cat": 13, "dog": 14}
     assert summary["image_sizes"]["most_common_sizes"]["32x32"] == 26 and summary["modes"]["RGB"] == 27
     assert summary["findings"]["unreadable"] == 1 and "pHash" in summary["near_duplicate_method"]
+    assert summary["auto_input_size"] == 32  # 32 px images on the scratch stack: no upsampling
 
     page = (out / "index.html").read_text()
     assert page.count("data:image/jpeg;base64,") >= 8 and "http" not in page.replace("http-equiv", "")
@@ -132,5 +133,7 @@ def test_mask_facts(tmp_path):
     masks = result.summary["masks"]
     assert masks["empty_masks"]["count"] == 2 and masks["size_mismatches"]["count"] == 1
     shares = masks["pixel_shares"]
-    assert shares["foreground"] == pytest.approx(3 * 8 * 32 / (6 * 32 * 32), abs=0.02) and sum(shares.values()) == pytest.approx(1.0)
+    foreground = (8 + 16 + 8) * 32 + 8 * 16  # rows of 32 px; the last mask is 16 x 16
+    assert shares["foreground"] == pytest.approx(foreground / (5 * 32 * 32 + 16 * 16), abs=1e-3)
+    assert sum(shares.values()) == pytest.approx(1.0)
     assert "classes" not in result.summary and not [f for f in result.findings if f.issue == "label"]

@@ -119,6 +119,7 @@ def doctor(
     scan = scan_bundle(bundle, features, size, batch_size, progress)
     findings, summary = diagnose(scan, bundle, rec.seed)
     summary = {"data": bundle.description, "task": rec.task, "features": described, **summary}
+    summary.update(automatic_size(scan, rec if model is None else load_run_recipe(model)))
     summary["seconds"] = round(time.perf_counter() - started, 1)
     result = DoctorResult(summary, findings)
     if out is not None:
@@ -126,6 +127,23 @@ def doctor(
 
         result.out = write_outputs(out, result, scan, bundle.class_names)
     return result
+
+
+def load_run_recipe(run_dir: str | Path) -> Any:
+    from tlkit import runs
+    from tlkit.tasks import load_recipe
+
+    return load_recipe(runs.require_run_dir(run_dir) / runs.RECIPE)
+
+
+def automatic_size(scan: Scanned, rec: Any) -> dict[str, Any]:
+    """The input size `model.input_size: auto` would take for these images on the recipe's backbone."""
+    from tlkit.data.autosize import auto_input_size
+    from tlkit.models.backbones import get_backbone
+
+    spec = get_backbone(rec.model.backbone)
+    auto = auto_input_size(zip(scan.height.tolist(), scan.width.tolist()), spec.default_size, spec.min_size, backbone=spec.name)
+    return {"auto_input_size": auto.size, "auto_input_size_reason": auto.reason}
 
 
 def diagnose(scan: Scanned, bundle: Any, seed: int) -> tuple[list[Finding], dict[str, Any]]:

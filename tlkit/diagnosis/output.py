@@ -34,7 +34,7 @@ def summary_lines(result: DoctorResult, top: int = 5) -> list[str]:
     if s.get("modes"):
         lines.append("  modes     " + ", ".join(f"{k} {v}" for k, v in s["modes"].items()))
     if "auto_input_size" in s:
-        lines.append(f"  input     an automatic choice would take {s['auto_input_size']} px")
+        lines.append(f"  input     automatic choice {s['auto_input_size_reason']}")
     if s.get("masks"):
         m = s["masks"]
         lines.append(f"  masks     pixel shares {m.get('pixel_shares', m['values'])}; empty {m['empty_masks']['count']}, "
