@@ -213,6 +213,35 @@ def extract(source: str, data: str, split: str | None, layer: str | None, pool: 
 
 
 @cli.command()
+@click.argument("data")
+@click.option("--backbone", help="Features from this backbone (default: the recipe's, else mobilenet_v2).")
+@click.option("--weights", help="For --backbone: imagenet, none or a weights file.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Backbone constructor option, e.g. alpha=0.25.")
+@click.option("--model", type=click.Path(), help="Features from a run's model instead (a run directory).")
+@click.option("--input-size", type=int, help="Square input side of the backbone.")
+@click.option("--task", help="Read DATA as this task's data (default classification; segmentation for images/ + masks/).")
+@click.option("--out", type=click.Path(), help="Write index.html, findings.csv and exclude.txt to this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print {summary, findings} as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)
+@_handle_errors
+def doctor(data: str, options: tuple[str, ...], as_json: bool, quiet: bool, **flags: Any) -> None:
+    """Find what is wrong with DATA (a folder, tfds:NAME or a recipe) before training on it."""
+    from tlkit.diagnosis.doctor import doctor as run
+    from tlkit.diagnosis.output import summary_lines
+    from tlkit.recipe import parse_override
+
+    result = run(data, options=dict(parse_override(o) for o in options) or None, progress=not (quiet or as_json), **flags)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+        return
+    for line in summary_lines(result):
+        click.echo(line)
+    if result.out is not None:
+        click.echo(f"wrote {result.out}/index.html, findings.csv, exclude.txt (use as data.exclude)")
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path())
 @click.option("--max-images", type=int, default=256, show_default=True, help="Validation images predicted for predictions.png.")
 @_handle_errors

@@ -165,3 +165,31 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def feature_function(
+    source: str | Path | dict[str, Any],
+    weights: str | None = None,
+    input_size: int | None = None,
+    options: dict[str, Any] | None = None,
+    unsafe: bool = False,
+) -> tuple[Any, Any]:
+    """(float32 images [B, S, S, 3] in [0, 255] -> pooled features as numpy, recipe) of a run directory, a backbone
+    name or a recipe's `model` section (a dict).
+
+    For callers that build their own pass over the images (doctor) and want the
+    features `extract` would give.
+    """
+    if isinstance(source, dict):
+        from tlkit.models.heads import build_classifier
+        from tlkit.models.stages import check_model
+        from tlkit.tasks import load_recipe
+
+        recipe = load_recipe({"name": "features", "model": source})
+        check_model(recipe)
+        model = build_classifier(recipe, num_classes=1)
+    else:
+        model, recipe = _source_model(source, weights, input_size, options, unsafe)
+    features = feature_model(model)
+    call = tf.function(lambda x: features(x, training=False), reduce_retracing=True)
+    return (lambda images: call(images).numpy().astype(np.float32)), recipe

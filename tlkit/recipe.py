@@ -71,6 +71,7 @@ class Data(Section):
     test_split: str | None = Field(None, description="TFDS split for test; default: 'test' if it exists")
     tfds_data_dir: str | None = Field(None, description="TFDS data dir; default: TFDS's own (~/tensorflow_datasets)")
     on_bad_file: Literal["skip", "fail"] = "skip"
+    exclude: str | None = Field(None, description="a file of paths, one a line (doctor's exclude.txt), left out of every split")
     augment: Augment = Field(default_factory=Augment)
 
     @model_validator(mode="after")
@@ -498,6 +499,7 @@ def _resolve_relative_source(data: dict[str, Any], base: Path) -> None:
     for section, key, keywords in (
         ("data", "source", ()),
         ("data", "tfds_data_dir", ()),
+        ("data", "exclude", ()),
         ("model", "weights", ("imagenet", "none")),
     ):
         value = (data.get(section) or {}).get(key)

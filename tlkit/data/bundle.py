@@ -82,6 +82,7 @@ class DataBundle:
     splits: dict[str, SplitData]
     description: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)  # examples left out by data.exclude (tlkit.data.exclude)
     info: dict[str, Any] = field(default_factory=dict)  # what a task keeps beside the data (e.g. a mask mapping)
 
     def counts(self, split: str) -> dict[str, int]:

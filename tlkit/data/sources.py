@@ -31,7 +31,17 @@ def register_source(prefix: str) -> Callable[[SourceFn], SourceFn]:
 
 
 def load_data(data: Any, seed: int, task: Any, progress: bool = True) -> DataBundle:
-    """Resolve `data.source` through the registry and let `task` read it; a plain path is the task's folder layout."""
+    """Resolve `data.source` through the registry and let `task` read it, then leave out `data.exclude`'s files."""
+    bundle = _load(data, seed, task, progress)
+    if getattr(data, "exclude", None):
+        from tlkit.data.exclude import apply_exclude
+
+        bundle = apply_exclude(bundle, data.exclude)
+    return bundle
+
+
+def _load(data: Any, seed: int, task: Any, progress: bool) -> DataBundle:
+    """A plain path is the task's folder layout; `prefix:REST` goes to the registered source."""
     source = data.source.strip()
     prefix, sep, rest = source.partition(":")
     if rest.startswith("//"):  # a URL (gs://, s3://, ram://): a folder read through tf.io.gfile

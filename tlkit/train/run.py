@@ -293,6 +293,8 @@ class FineTuneRun:
         lines.append("  splits    " + ", ".join(f"{k} {v.size}" for k, v in bundle.splits.items()))
         if bundle.skipped:
             lines.append(f"  skipped   {len(bundle.skipped)} unreadable file(s), listed in {self.run_path / runs.SKIPPED}")
+        if bundle.excluded:
+            lines.append(f"  excluded  {len(bundle.excluded)} file(s) listed in data.exclude ({rec.data.exclude})")
         lines.append(f"  backbone  {rec.model.backbone} (weights: {weights_of(rec)}) at {size}x{size}")
         lines += [f"  {note}" for note in self.auto_notes]
         runtime = self.place.describe()
