@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from typing import Any, Callable
 
 import click
 
+from tlkit import tflogs
 from tlkit.formats import FORMATS, QUANTIZE_MODES  # the registry only: no TensorFlow import
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tflogs.install()  # TensorFlow's start-up lines stay off the terminal (TLKIT_TF_LOGS=1 / --tf-logs: shown)
 
 UNSAFE_HELP = "Load a run's .keras file even if it carries Python code (Lambda layers): only for files you trust."
 
@@ -44,8 +44,11 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tlkit")
-def cli() -> None:
+@click.option("--tf-logs", is_flag=True, help="Show TensorFlow's own start-up and log lines (or set TLKIT_TF_LOGS=1).")
+def cli(tf_logs: bool) -> None:
     """Transfer learning for image models: finetune, evaluate, export, predict, extract, report, inspect."""
+    if tf_logs:
+        tflogs.show_tf_logs()
 
 
 @cli.command()
