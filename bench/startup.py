@@ -35,11 +35,12 @@ def extract(rev: str, into: Path) -> Path:
     return into
 
 
-def timed(tree: Path, args: list[str]) -> tuple[float, list[str]]:
+def timed(tree: Path, args: list[str], cwd: Path) -> tuple[float, list[str]]:
+    """Seconds and stderr lines of `tlkit ARGS` from `tree`, run in the neutral `cwd` (`-m` puts the cwd first on sys.path)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TLKIT_TF_LOGS")}
     env["PYTHONPATH"] = str(tree)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "tlkit.cli", *args], capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "tlkit.cli", *args], capture_output=True, text=True, env=env, timeout=600, cwd=cwd)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"tlkit {' '.join(args)} failed in {tree}:\n{proc.stderr}")
@@ -55,7 +56,8 @@ def main() -> None:
         ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True, text=True, check=True
     ).stdout.strip()
     with tempfile.TemporaryDirectory() as tmp:
-        trees = {"before": extract(rev, Path(tmp)), "after": ROOT}
+        trees = {"before": extract(rev, Path(tmp) / "before"), "after": ROOT}
+        (Path(tmp) / "cwd").mkdir()
         print(f"before: {rev[:10]}   after: this tree   reps: {args.reps} (alternating, median)")
         print(f"{'command':<36} {'before s':>9} {'after s':>9} {'after/before':>13}  stderr lines before -> after")
         for command in COMMANDS:
@@ -63,13 +65,14 @@ def main() -> None:
             lines: dict[str, list[str]] = {}
             for _ in range(args.reps):
                 for name, tree in trees.items():
-                    s, lines[name] = timed(tree, command)
+                    s, lines[name] = timed(tree, command, Path(tmp) / "cwd")
                     seconds[name].append(s)
             before, after = statistics.median(seconds["before"]), statistics.median(seconds["after"])
             print(f"{'tlkit ' + ' '.join(command):<36} {before:>9.2f} {after:>9.2f} {after / before:>13.3f}  "
                   f"{len(lines['before'])} -> {len(lines['after'])}")
-            for line in lines["after"]:
-                print(f"    after wrote: {line}")
+            for name in trees:
+                for line in lines[name]:
+                    print(f"    {name} wrote: {line}")
 
 
 if __name__ == "__main__":

@@ -163,6 +163,7 @@ def test_tta_export_serves_what_predict_tta_computes_on_the_run(task_run):
     folder = export_run(result.run_dir, out=tmp / "tta_export", tta=True, quiet=True)
     meta = json.loads((folder / "metadata.json").read_text())
     assert meta["tta"]["views"] == ["identity", "horizontal_flip"] and meta["verification"]["ok"]
+    assert "mean over test-time views (identity, horizontal_flip)" in (folder / "README.md").read_text()
     files = [Path(p).read_bytes() for p in _square_pngs(tmp)]
     exported = Predictor(folder).runner.encoded(files)  # the SavedModel's own decoder and its averaged signature
     on_run = Predictor(result.run_dir, tta=True).runner.encoded(files)

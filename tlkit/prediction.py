@@ -88,9 +88,15 @@ class Predictor:
         return sum(1 for _ in image_inputs(images))
 
     def results(self, images: Sequence[str | Path], progress: bool = False) -> Iterator[dict[str, Any]]:
-        """One result per image file, a batch at a time, in order (`progress`: a bar on stderr)."""
+        """One result per image file, a batch at a time, in order (`progress`: a bar on stderr).
+
+        Missing paths and a model that does not load fail here, before the first result is asked for.
+        """
         check_inputs(images)
-        self.runner  # noqa: B018 - load before the bar starts
+        self.runner  # noqa: B018 - loaded now
+        return self._stream(images, progress)
+
+    def _stream(self, images: Sequence[str | Path], progress: bool) -> Iterator[dict[str, Any]]:
         bar: Any = contextlib.nullcontext()
         if progress:
             import click
@@ -210,9 +216,3 @@ def format_result(result: dict[str, Any], task_name: str) -> str:
         return f"{result['path']}: error: {result['error']}"
     return get_task(task_name).format_prediction(result)
 
-
-def export_task(export: str | Path) -> str:
-    """The task an export (or a run) was trained for (its metadata.json, or an ONNX file's own metadata)."""
-    from tlkit.targets import resolve_target
-
-    return resolve_target(export, ("export", "run")).task_name()
