@@ -7,10 +7,11 @@ Names resolve lazily so `import tlkit` (and `tlkit --help`) stays quick.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tlkit import tflogs
+
+tflogs.quiet_level()  # TF_CPP_MIN_LOG_LEVEL=2 unless set (or TLKIT_TF_LOGS asks for TensorFlow's lines)
 
 __version__ = "0.1.0"
 

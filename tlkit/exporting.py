@@ -88,6 +88,7 @@ def export_run(
     bundle: Any = None,
     unsafe: bool = False,
     bias_correction: bool = True,
+    tta: bool = False,
 ) -> Path:
     """Write OUT/VERSION atomically, and only once the format's own engine agrees with the Keras model.
 
@@ -97,16 +98,19 @@ def export_run(
     already loaded `DataBundle`) and, unless `bias_correction=False`, with each
     layer's bias corrected for the weight rounding (`tlkit.quantization`). A
     failed conversion or verification leaves no partial version folder. `unsafe=True`
-    lets the run's .keras file run Python code it carries (Lambda layers). Returns the version folder.
+    lets the run's .keras file run Python code it carries (Lambda layers). `tta=True` (SavedModel) serves the
+    mean of each image's and its mirror image's probabilities (`tlkit.models.tta`), recorded in metadata.json.
+    Returns the version folder.
     """
     from tlkit import formats
 
     fmt = formats.get_format(format)
-    formats.check_options(fmt, quantize, integer_io)
+    formats.check_options(fmt, quantize, integer_io, tta)
     formats.require(fmt)
     if calibration_images < 1:
         raise TlkitError(f"--calibration-images must be at least 1, got {calibration_images}")
     job = _Export(runs.require_run_dir(run_dir), fmt, quantize, integer_io, quiet)
+    job.tta = tta
     final = job.target(out, version)
     job.prepare(data, bundle, unsafe, calibration_images, bias_correction)
     out_dir = final.parent
@@ -120,6 +124,8 @@ def export_run(
 
 class _Export:
     """One export of a run: where it goes, what it converts, and the steps that write and verify it."""
+
+    tta = False  # test-time flips inside the signatures
 
     def __init__(self, run_dir: Path, fmt: Any, quantize: str, integer_io: bool, quiet: bool) -> None:
         self.run_dir, self.fmt, self.quantize, self.integer_io, self.quiet = run_dir, fmt, quantize, integer_io, quiet
@@ -158,7 +164,7 @@ class _Export:
             model=self.model, inference=self.inference, output_name=self.output_name, labels=self.labels,
             size=self.size, task=self.task.name, state=self.state, quantize=self.quantize, integer_io=self.integer_io,
             calibration=(lambda: self.images.calibration(calibration_images)) if int8 else None,
-            bias_correction=bias_correction,
+            bias_correction=bias_correction, tta=self.tta,
         )
         if int8:
             self.images.require_data()
@@ -190,7 +196,7 @@ class _Export:
         if self.fmt.filename is None:  # the SavedModel runner reads metadata.json for its input size and output
             runs.write_json(tmp / METADATA, {"input_size": self.size, "output": self.output_name})
         runner = self.fmt.load(self.fmt.model_path(tmp))
-        expected = np.asarray(self.inference(check, training=False))
+        expected = np.asarray(self.expected(check))
         report = formats.compare(expected, runner(check), formats.TOLERANCES[self.quantize])
         report["source"] = check_source
         if not report["ok"]:
@@ -204,6 +210,15 @@ class _Export:
         )
         return {**report, "engine": self.fmt.engine}, runner
 
+    def expected(self, images: np.ndarray) -> Any:
+        """What the export must serve: the Keras model's probabilities (averaged over the TTA views with tta)."""
+        call = lambda x: self.inference(x, training=False)  # noqa: E731
+        if self.tta:
+            from tlkit.models.tta import averaged
+
+            call = averaged(call, self.task.per_pixel)
+        return call(images)
+
     def metadata(self, tmp: Path, seconds: float, report: dict[str, Any]) -> dict[str, Any]:
         metrics_path = self.run_dir / runs.METRICS
         metrics = runs.read_json(metrics_path) if metrics_path.is_file() else {}
@@ -215,6 +230,10 @@ class _Export:
         )
         if self.state:
             meta["task_state"] = self.state
+        if self.tta:
+            from tlkit.models.tta import describe
+
+            meta["tta"] = describe()
         if self.quantize == "int8":
             meta["calibration"] = {"images": self.images.calibrated, "split": "train"}
         if self.fmt.name != "savedmodel":

@@ -58,6 +58,7 @@ class ExportJob:
     integer_io: bool = False
     calibration: Callable[[], Iterator[np.ndarray]] | None = None  # yields float32 [1, S, S, 3] images
     bias_correction: bool = True  # int8: see tlkit.quantization
+    tta: bool = False  # test-time flips averaged inside the signatures (tlkit.models.tta); formats with `tta` only
     notes: dict[str, Any] = field(default_factory=dict)  # what the writer wants recorded in metadata.json
 
 
@@ -80,6 +81,35 @@ class Runner:
         return self(batch.numpy())
 
 
+class KerasRunner(Runner):
+    """A run directory's Keras model served like an export (probabilities from float32 images at its size)."""
+
+    def __init__(self, probabilities: Callable[[Any], Any], size: int) -> None:
+        self.probabilities = probabilities
+        self.size = size
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.probabilities(np.asarray(images, np.float32)))
+
+
+class TTARunner(Runner):
+    """Any runner with test-time augmentation: the mean over `tlkit.models.tta.VIEWS` (outputs flipped back per pixel).
+
+    It decodes and resizes like the other runners (`Runner.encoded`), so a SavedModel's
+    `serving_bytes` is not used: every image is batched with its mirror image.
+    """
+
+    def __init__(self, runner: Runner, per_pixel: bool) -> None:
+        from tlkit.models.tta import averaged
+
+        self.runner = runner
+        self.size = runner.size
+        self.fn = averaged(lambda images: runner(np.asarray(images)), per_pixel)
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return np.asarray(self.fn(np.asarray(images, np.float32)))
+
+
 @dataclass(frozen=True)
 class Format:
     name: str
@@ -90,6 +120,7 @@ class Format:
     load: Callable[[Path], Runner]
     engine: str
     description: str
+    tta: bool = False  # `export --tta` can put test-time augmentation inside its signatures
 
     def model_path(self, folder: Path) -> Path:
         return folder / self.filename if self.filename else folder
@@ -128,7 +159,7 @@ def require(fmt: Format) -> None:
         )
 
 
-def check_options(fmt: Format, quantize: str, integer_io: bool) -> None:
+def check_options(fmt: Format, quantize: str, integer_io: bool, tta: bool = False) -> None:
     if quantize not in QUANTIZE_MODES:
         raise TlkitError(f"unknown --quantize '{quantize}'; choose one of: {', '.join(QUANTIZE_MODES)}")
     if quantize not in fmt.quantize:
@@ -139,6 +170,12 @@ def check_options(fmt: Format, quantize: str, integer_io: bool) -> None:
         )
     if integer_io and quantize != "int8":
         raise TlkitError("--integer-io needs --quantize int8 (integer input and output only exist in an int8 model)")
+    if tta and not fmt.tta:
+        holders = " or ".join(f.name for f in FORMATS.values() if f.tta)
+        raise TlkitError(
+            f"--tta is not available for --format {fmt.name} (its file holds one view); export --format {holders} "
+            f"with --tta, or run `tlkit predict --tta` / `tlkit evaluate --tta` on the {fmt.name} file"
+        )
 
 
 def locate(path: str | Path) -> tuple[Format, Path]:
@@ -300,9 +337,13 @@ class SavedModelRunner(Runner):
 
 
 def _write_savedmodel(job: ExportJob, folder: Path) -> None:
+    from tlkit.models.parts import serving_probabilities
+    from tlkit.models.tta import averaged
     from tlkit.tasks import get_task
 
-    get_task(job.task).archive(job.model, job.labels, job.size, job.state).write_out(str(folder), verbose=False)
+    task = get_task(job.task)
+    probabilities = averaged(serving_probabilities(job.model, task.activation), task.per_pixel) if job.tta else None
+    task.archive(job.model, job.labels, job.size, job.state, probabilities).write_out(str(folder), verbose=False)
 
 
 register_format(
@@ -315,6 +356,7 @@ register_format(
         load=SavedModelRunner,
         engine="TensorFlow (tf.saved_model.load)",
         description="TF Serving layout NAME/VERSION/; signatures take raw uint8 images or encoded bytes",
+        tta=True,
     )
 )
 

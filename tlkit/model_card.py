@@ -105,9 +105,14 @@ def _input(meta: dict[str, Any]) -> str:
     out = meta.get("output", "probabilities")
     if fmt == "savedmodel":
         rows = "\n".join(f"| `{name}` | {spec} |" for name, spec in (meta.get("signatures") or {}).items())
+        tta = meta.get("tta")
+        averaged = (
+            f" The probabilities are the mean over test-time views ({', '.join(tta['views'])}): two forward passes per image."
+            if tta else ""
+        )
         return (
             "## Input and output\n\nThe model decodes, resizes (bilinear, antialiased) and normalizes by itself: "
-            "send raw pixels or encoded files.\n\n| signature | input -> outputs |\n|---|---|\n" + rows
+            f"send raw pixels or encoded files.{averaged}\n\n| signature | input -> outputs |\n|---|---|\n" + rows
         )
     tensors = meta.get("tensors") or {}
     inp = tensors.get("input") or {"name": "images", "dtype": "float32", "shape": [-1, size, size, 3]}
