@@ -142,6 +142,7 @@ class _Export:
         if version < 0:
             raise TlkitError(f"export version must be a non-negative integer, got {version}")
         final = out / str(version)
+        self.version = str(version)
         if final.exists():
             raise TlkitError(f"{final} already exists: choose another --version (existing: {existing})")
         return final
@@ -158,10 +159,22 @@ class _Export:
             model=self.model, inference=self.inference, output_name=self.output_name, labels=self.labels,
             size=self.size, task=self.task.name, state=self.state, quantize=self.quantize, integer_io=self.integer_io,
             calibration=(lambda: self.images.calibration(calibration_images)) if int8 else None,
-            bias_correction=bias_correction,
+            bias_correction=bias_correction, info=self.model_info(),
         )
         if int8:
             self.images.require_data()
+
+    def model_info(self) -> Any:
+        """Name, description, version, author and licence for the formats that carry them (TFLite metadata)."""
+        from tlkit.tflite_metadata import ModelInfo
+
+        export = self.recipe.export
+        description = export.description or (
+            f"tlkit {self.task.name} model ({self.recipe.model.backbone} backbone, {self.size} px RGB input) "
+            f"of {len(self.labels)} labels: {', '.join(self.labels[:10])}{' ...' if len(self.labels) > 10 else ''}"
+        )
+        return ModelInfo(name=export.name or self.recipe.name, description=description,
+                         version=getattr(self, "version", "1"), author=export.author, license=export.license)
 
     def write(self, tmp: Path) -> None:
         """Convert into `tmp`, verify with the format's engine, then labels, metadata and the model card."""
