@@ -121,7 +121,8 @@ def test_mediapipe_image_segmenter_masks_equal_tlkit_predict(segmenter):
     options = vision.ImageSegmenterOptions(base_options=BaseOptions(model_asset_path=str(model)),
                                            output_category_mask=True, output_confidence_masks=False)
     with vision.ImageSegmenter.create_from_options(options) as mp_segmenter:
-        got = np.stack([mp_segmenter.segment(_mp_image(image)).category_mask.numpy_view()[..., 0] for image in images])
+        got = np.stack([mp_segmenter.segment(_mp_image(image)).category_mask.numpy_view()[..., 0].copy()
+                        for image in images])  # copied: the view's memory goes with the result
     assert got.shape == expected.shape
     assert np.mean(got == expected) >= 0.98
 
