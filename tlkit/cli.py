@@ -149,6 +149,29 @@ def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantiz
 
 
 @cli.command()
+@click.argument("targets", metavar="RUN_OR_EXPORT...", nargs=-1, required=True, type=click.Path())
+@click.option("--formats", "fmts", multiple=True, help="FORMAT or FORMAT:QUANT, comma-separated or repeated (default: all), e.g. tflite:int8,onnx.")
+@click.option("--data", help="Data source to evaluate on (default: the run's own).")
+@click.option("--split", help="train, val or test (default: test if there is one, else val).")
+@click.option("--single", type=int, default=50, show_default=True, help="One-image calls timed per row (p50/p95).")
+@click.option("--out", type=click.Path(), help="Keep the exports of a run here (default: a temporary folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of the table.")
+@_handle_errors
+def benchmark(targets: tuple[str, ...], fmts: tuple[str, ...], data: str | None, split: str | None, single: int, out: str | None, as_json: bool) -> None:
+    """Size, metric, agreement with float, latency and throughput of a run's Keras model and exports (or of EXPORTs)."""
+    from tlkit.benchmarking import benchmark as run, format_table
+
+    rows = run(list(targets), formats=list(fmts) or None, data=data, split=split, single=single, out=out, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        for row in rows:
+            if row.get("warning"):
+                click.echo(f"warning: {row['format']} {row['quantize']} {row['warning']}", err=True)
+        return
+    click.echo(format_table(rows))
+
+
+@cli.command()
 @click.argument("export_path", metavar="EXPORT", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", default=3, show_default=True, type=int)
