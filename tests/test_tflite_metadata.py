@@ -24,8 +24,8 @@ def _run(tmp_path_factory, tfds_dir, task: str, **extra):
 
 
 @pytest.fixture(scope="module")
-def classifier(tmp_path_factory, tfds_dir):
-    return _run(tmp_path_factory, tfds_dir, "classification", train={"stages": [{"name": "train", "epochs": 1, "learning_rate": 0.003}]})
+def classifier(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -60,8 +60,8 @@ def benchmark(
         raise TlkitError("benchmark needs at least one run directory or export")
     if single < 1:
         raise TlkitError(f"--single must be at least 1, got {single}")
-    found = [resolve_target(t, ("run", "export")) for t in targets]
     wanted = _parse_formats(formats)
+    found = [resolve_target(t, ("run", "export")) for t in targets]
     with ExitStack() as stack:
         root = Path(out) if out is not None else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="tlkit-bench-")))
         bench = _Bench(found[0], data, split, quiet)
