@@ -10,9 +10,9 @@ pixels. The formats themselves live in `tlkit.formats`.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,26 +20,20 @@ from typing import Any, Iterator
 import keras
 import numpy as np
 
-from tlkit import runs
+from tlkit import model_folder, runs
 from tlkit.errors import TlkitError
-from tlkit.models.stages import input_size, load_run_model
+from tlkit.models.stages import input_size, load_keras_file, load_run_model
 from tlkit.recipe import Recipe
 from tlkit.tasks import get_task, load_data, load_recipe
 
 METADATA = runs.EXPORT_METADATA
 
 
-def _versions(out: Path) -> list[int]:
-    if not out.is_dir():
-        return []
-    return sorted(int(p.name) for p in out.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def export_of_run(run_dir: str | Path, recipe: Recipe) -> Path | None:
     """The SavedModel version folder already exported from `run_dir` (by its metadata), if any."""
     out = default_out(recipe, "savedmodel", "none", False)
     target = str(Path(run_dir).resolve())
-    for version in reversed(_versions(out)):
+    for version in reversed(model_folder.versions(out)):
         meta = out / str(version) / METADATA
         try:
             if runs.read_json(meta).get("run_dir") == target:
@@ -47,20 +41,6 @@ def export_of_run(run_dir: str | Path, recipe: Recipe) -> Path | None:
         except (OSError, ValueError):
             continue
     return None
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """`.tmp-VERSION-PID` folders of exports that were killed (their process is gone)."""
-    for tmp in out.glob(".tmp-*-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            continue
 
 
 CHECK_IMAGES = 32  # images each export is verified on
@@ -107,13 +87,14 @@ def export_run(
     if calibration_images < 1:
         raise TlkitError(f"--calibration-images must be at least 1, got {calibration_images}")
     job = _Export(runs.require_run_dir(run_dir), fmt, quantize, integer_io, quiet)
-    final = job.target(out, version)
-    job.prepare(data, bundle, unsafe, calibration_images, bias_correction)
-    out_dir = final.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
-    with runs.atomic_folder(final) as tmp:  # a failure or a kill leaves no partial version folder
-        job.write(tmp)
+    out_dir = Path(out) if out is not None else default_out(job.recipe, fmt.name, quantize, integer_io)
+    # the version is claimed first, so exports running at the same time never pick the same number
+    with model_folder.claim_version(out_dir, version) as number:
+        final = out_dir / str(number)
+        job.version = str(number)
+        job.prepare(data, bundle, unsafe, calibration_images, bias_correction)
+        with runs.atomic_folder(final) as tmp:  # a failure or a kill leaves no partial version folder
+            job.write(tmp)
     job.say(f"exported {fmt.name} to {final}" + (f"/{fmt.filename}" if fmt.filename else ""))
     return final
 
@@ -129,29 +110,17 @@ class _Export:
         self.size = input_size(self.recipe)
         state = run_dir / runs.TASK_STATE
         self.state = runs.read_json(state) if state.is_file() else {}
+        self.version = "1"  # set by export_run once the version is claimed
 
     def say(self, message: str) -> None:
         if not self.quiet:
             print(message, flush=True)
 
-    def target(self, out: str | Path | None, version: int | None) -> Path:
-        """OUT/VERSION: the next free version under the model folder unless one is given."""
-        out = Path(out) if out is not None else default_out(self.recipe, self.fmt.name, self.quantize, self.integer_io)
-        existing = _versions(out)
-        version = version if version is not None else (existing[-1] + 1 if existing else 1)
-        if version < 0:
-            raise TlkitError(f"export version must be a non-negative integer, got {version}")
-        final = out / str(version)
-        self.version = str(version)
-        if final.exists():
-            raise TlkitError(f"{final} already exists: choose another --version (existing: {existing})")
-        return final
-
     def prepare(self, data: str | None, bundle: Any, unsafe: bool, calibration_images: int, bias_correction: bool) -> None:
         """Load the model and the data the checks need; fail before anything is written."""
         from tlkit import formats
 
-        self.model = load_run_model(self.run_dir, unsafe=unsafe)
+        self.model, unfinished = self.load_model(unsafe)
         self.output_name, self.inference = formats.inference_model(self.model, self.task.activation)
         self.images = _ExportImages(self.recipe, self.task, data, bundle, self.size, self.quiet)
         int8 = self.quantize == "int8"
@@ -161,8 +130,27 @@ class _Export:
             calibration=(lambda: self.images.calibration(calibration_images)) if int8 else None,
             bias_correction=bias_correction, info=self.model_info(),
         )
+        self.job.notes.update(unfinished)
         if int8:
             self.images.require_data()
+
+    def load_model(self, unsafe: bool) -> tuple[Any, dict[str, Any]]:
+        """The run's best checkpoint; of a run still training (no metrics.json yet), the best one written so far."""
+        if (self.run_dir / runs.METRICS).is_file():
+            return load_run_model(self.run_dir, unsafe=unsafe), {}
+        best = self.run_dir / runs.BEST
+        if not best.is_file():
+            raise TlkitError(
+                f"{self.run_dir} has no {runs.BEST} yet: the run has not finished its first epoch (it is still "
+                "training, or stopped before); export again once an epoch has ended, or resume it with --resume"
+            )
+        epochs = len(runs.read_history(self.run_dir))
+        self.say(f"{self.run_dir} has not finished training: exporting its best checkpoint so far ({epochs} epoch(s) done)")
+        with tempfile.TemporaryDirectory() as tmp:  # a copy: a new best written meanwhile cannot change it mid-read
+            copy = Path(tmp) / runs.BEST
+            shutil.copyfile(best, copy)
+            model = load_keras_file(copy, unsafe=unsafe)
+        return model, {"training_finished": False, "epochs_done": epochs}
 
     def model_info(self) -> Any:
         """Name, description, version, author and licence for the formats that carry them (TFLite metadata)."""
@@ -174,7 +162,7 @@ class _Export:
             f"of {len(self.labels)} labels: {', '.join(self.labels[:10])}{' ...' if len(self.labels) > 10 else ''}"
         )
         return ModelInfo(name=export.name or self.recipe.name, description=description,
-                         version=getattr(self, "version", "1"), author=export.author, license=export.license)
+                         version=self.version, author=export.author, license=export.license)
 
     def write(self, tmp: Path) -> None:
         """Convert into `tmp`, verify with the format's engine, then labels, metadata and the model card."""
