@@ -114,6 +114,9 @@ def test_mediapipe_image_segmenter_masks_equal_tlkit_predict(segmenter):
     output = read["metadata"]["subgraph_metadata"][0]["output_tensor_metadata"][0]
     assert output["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
     assert read["files"][output["associated_files"][0]["name"]].split("\n") == labels
+    graph = read["metadata"]["subgraph_metadata"][0]
+    assert graph["custom_metadata"][0]["name"] == "SEGMENTER_METADATA"  # activation NONE: the scores are probabilities
+    assert read["metadata"]["min_parser_version"] == "1.5.0"  # custom metadata needs a 1.5 parser
 
     images = _val_images(segmenter, 8)
     segment = tlkit_segmenter(load_runner(model)[2])  # what `tlkit predict` runs on a TFLite export

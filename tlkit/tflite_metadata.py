@@ -58,7 +58,10 @@ def add_metadata(model: bytes, info: ModelInfo, labels: list[str]) -> bytes:
     writer.add_image_input([0.0] if float_input else [], [1.0] if float_input else [],
                            description="RGB image, raw pixel values 0..255; the model normalizes them itself")
     label_set = writer_mod.Labels().add(list(labels))
-    if rank == 4:
+    if rank == 4:  # the scores are probabilities already: MediaPipe applies no activation
+        from mediapipe.tasks.python.metadata.metadata_writers import image_segmenter
+
+        writer.add_custom_metadata(image_segmenter.ImageSegmenterOptionsMd(image_segmenter.Activation.NONE))
         writer.add_segmentation_output(label_set, description="per-pixel class scores in [0, 1], one channel per label")
     else:
         writer.add_classification_output(label_set, description="class scores in [0, 1], one per label")
