@@ -11,6 +11,7 @@ and temporaries are hidden and not numbers. A claim left by a killed process
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -39,6 +40,7 @@ def _claimed(out: Path) -> list[int]:
 def claim_version(out: Path, version: int | None = None) -> Iterator[int]:
     """Reserve `version` (default: the next free number) under `out` for this process until the block ends."""
     out = Path(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_claims(out)
     if version is not None:
@@ -59,6 +61,9 @@ def claim_version(out: Path, version: int | None = None) -> Iterator[int]:
         yield number
     finally:
         shutil.rmtree(claim, ignore_errors=True)
+        if created:  # a failed first export leaves no empty model folder behind
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if empty
 
 
 def _try_claim(out: Path, number: int) -> bool:
