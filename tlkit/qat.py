@@ -25,7 +25,7 @@ class QatOptions:
     """The short stage: epochs over the training split, SGD with momentum at a small learning rate."""
 
     epochs: int = 1
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-4
 
 
 def _layers(model: Any) -> Iterator[Any]:
