@@ -24,6 +24,7 @@ _API = {
     "write_report": ("tlkit.report", "write_report"),  # not "report": the module tlkit.report would shadow it
     "inspect": ("tlkit.inspection", "inspect_model"),
     "doctor": ("tlkit.diagnosis.doctor", "doctor"),
+    "benchmark": ("tlkit.benchmarking", "benchmark"),  # module named like exporting/evaluation: tlkit.benchmark stays the function
     "load_recipe": ("tlkit.tasks", "load_recipe"),
     "Recipe": ("tlkit.recipe", "Recipe"),
     "TlkitError": ("tlkit.errors", "TlkitError"),

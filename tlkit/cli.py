@@ -149,12 +149,13 @@ def evaluate(target: str, data: str | None, split: str | None, as_json: bool, un
     show_default=True,
     help="int8: take the weight rounding's mean shift out of each layer's bias (measured on the calibration images).",
 )
+@click.option("--qat-epochs", type=int, default=0, show_default=True, help="int8: epochs of quantization-aware fine-tuning of a copy of the model first.")
 @click.option("--data", help="Data source for the check and calibration images (default: the run's own).")
 @click.option("--tta", is_flag=True, help="SavedModel: serve the mean of each image's and its mirror image's probabilities (recorded in metadata.json).")
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)
 @_handle_errors
-def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantize: str, integer_io: bool, calibration_images: int, bias_correction: bool, data: str | None, tta: bool, quiet: bool, unsafe: bool) -> None:
+def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantize: str, integer_io: bool, calibration_images: int, bias_correction: bool, qat_epochs: int, data: str | None, tta: bool, quiet: bool, unsafe: bool) -> None:
     """Export RUN_DIR for a runtime: OUT/VERSION with the model, labels.txt, metadata.json and README.md.
 
     Written only after the runtime's own engine (TensorFlow, LiteRT, onnxruntime)
@@ -165,8 +166,31 @@ def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantiz
     export_run(
         run_dir, out=out, version=version, quiet=quiet, format=fmt, quantize=quantize,
         integer_io=integer_io, calibration_images=calibration_images, data=data, unsafe=unsafe,
-        bias_correction=bias_correction, tta=tta,
+        bias_correction=bias_correction, tta=tta, qat_epochs=qat_epochs,
     )
+
+
+@cli.command()
+@click.argument("targets", metavar="RUN_OR_EXPORT...", nargs=-1, required=True, type=click.Path())
+@click.option("--formats", "fmts", multiple=True, help="FORMAT or FORMAT:QUANT, comma-separated or repeated (default: all), e.g. tflite:int8,onnx.")
+@click.option("--data", help="Data source to evaluate on (default: the run's own).")
+@click.option("--split", help="train, val or test (default: test if there is one, else val).")
+@click.option("--single", type=int, default=50, show_default=True, help="One-image calls timed per row (p50/p95).")
+@click.option("--out", type=click.Path(), help="Keep the exports of a run here (default: a temporary folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of the table.")
+@_handle_errors
+def benchmark(targets: tuple[str, ...], fmts: tuple[str, ...], data: str | None, split: str | None, single: int, out: str | None, as_json: bool) -> None:
+    """Size, metric, agreement with float, latency and throughput of a run's Keras model and exports (or of EXPORTs)."""
+    from tlkit.benchmarking import benchmark as run, format_table
+
+    rows = run(list(targets), formats=list(fmts) or None, data=data, split=split, single=single, out=out, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        for row in rows:
+            if row.get("warning"):
+                click.echo(f"warning: {row['format']} {row['quantize']} {row['warning']}", err=True)
+        return
+    click.echo(format_table(rows))
 
 
 @cli.command()

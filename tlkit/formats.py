@@ -60,6 +60,7 @@ class ExportJob:
     bias_correction: bool = True  # int8: see tlkit.quantization
     tta: bool = False  # test-time flips averaged inside the signatures (tlkit.models.tta); formats with `tta` only
     notes: dict[str, Any] = field(default_factory=dict)  # what the writer wants recorded in metadata.json
+    info: Any = None  # tlkit.tflite_metadata.ModelInfo: name, description, version, author, licence
 
 
 class Runner:
@@ -435,7 +436,21 @@ def _write_tflite(job: ExportJob, folder: Path) -> None:
         ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    (folder / "model.tflite").write_bytes(data)
+    (folder / "model.tflite").write_bytes(_with_metadata(job, data))
+
+
+def _with_metadata(job: ExportJob, data: bytes) -> bytes:
+    """The model with its TFLite metadata (tlkit.tflite_metadata) when mediapipe, its writer, is installed."""
+    from tlkit import tflite_metadata
+
+    if job.info is None:
+        return data
+    if not tflite_metadata.available():
+        job.notes["tflite_metadata"] = {"written": False, "reason": "mediapipe is not installed: " + EXTRA_HINT}
+        return data
+    data = tflite_metadata.add_metadata(data, job.info, job.labels)
+    job.notes["tflite_metadata"] = {"written": True, "writer": "mediapipe metadata_writers", **tflite_metadata.summary(data)}
+    return data
 
 
 class TFLiteRunner(Runner):

@@ -74,6 +74,17 @@ def _overview(meta: dict[str, Any]) -> str:
         )
     if meta.get("calibration"):
         lines.append(f"| int8 calibration | {meta['calibration']['images']} images of the training split |")
+    tfl = meta.get("tflite_metadata")
+    if tfl:
+        norm = tfl.get("input_normalization")
+        lines.append(
+            "| TFLite metadata | " + (
+                f"name, version {tfl.get('version')}, RGB input "
+                + (f"normalized with mean {norm['mean']} std {norm['std']} (raw 0-255 pixels)" if norm else "of raw uint8 pixels")
+                + f", {', '.join(tfl.get('associated_files', []))} packed in the file (MediaPipe Tasks reads them) |"
+                if tfl.get("written") else f"not written: {tfl.get('reason')} |"
+            )
+        )
     return "\n".join(lines)
 
 
@@ -215,7 +226,43 @@ def _usage(meta: dict[str, Any], fmt: str) -> str:
         )
         lite = "### LiteRT\n\nThis is an ONNX file; for LiteRT export the run as TFLite: `tlkit export RUN_DIR --format tflite`.\n"
         return not_serving + "\n" + python + "\n" + lite
-    return not_serving + "\n### Python\n\nUse the LiteRT interpreter below (the same code runs on a desktop).\n\n" + _litert(meta, prep, show)
+    return (
+        not_serving + "\n### Python\n\nUse the LiteRT interpreter below (the same code runs on a desktop).\n\n"
+        + _litert(meta, prep, show) + _mediapipe(meta)
+    )
+
+
+def _mediapipe(meta: dict[str, Any]) -> str:
+    """MediaPipe Tasks reads the file's own metadata (labels, normalization): no pre- or post-processing to write."""
+    if not (meta.get("tflite_metadata") or {}).get("written"):
+        return ""
+    shape = ((meta.get("tensors") or {}).get("output") or {}).get("shape") or []
+    segmenter = len(shape) == 4  # [N, H, W, C]: a score per pixel; [N, C]: a score per image
+    task, options, call = (
+        ("ImageSegmenter", "output_category_mask=True", "segment(image).category_mask.numpy_view()  # label index per pixel")
+        if segmenter
+        else ("ImageClassifier", "max_results=3", "classify(image).classifications[0].categories  # category_name, score")
+    )
+    java = (
+        ("ImageSegmenter", "ImageSegmenterOptions", ".setOutputCategoryMask(true)", "segment(image).categoryMask().get()")
+        if segmenter
+        else ("ImageClassifier", "ImageClassifierOptions", ".setMaxResults(3)", "classify(image).classificationResult().classifications().get(0).categories()")
+    )
+    return (
+        "\n### MediaPipe Tasks (labels and normalization come from the file's TFLite metadata)\n\n"
+        "Python (`pip install mediapipe`):\n\n```python\nimport mediapipe as mp\n"
+        "from mediapipe.tasks.python import vision\nfrom mediapipe.tasks.python.core.base_options import BaseOptions\n"
+        f"options = vision.{task}Options(base_options=BaseOptions(model_asset_path='model.tflite'), {options})\n"
+        f"with vision.{task}.create_from_options(options) as model:\n"
+        "    image = mp.Image.create_from_file('photo.jpg')\n"
+        f"    result = model.{call}\n```\n\n"
+        "Android (`com.google.mediapipe:tasks-vision`, the file in `src/main/assets/`):\n\n```kotlin\n"
+        f"val options = {java[0]}.{java[1]}.builder()\n"
+        "    .setBaseOptions(BaseOptions.builder().setModelAssetPath(\"model.tflite\").build())\n"
+        f"    {java[2]}\n    .build()\n"
+        f"val model = {java[0]}.createFromOptions(context, options)\n"
+        f"val result = model.{java[3]}  // image: BitmapImageBuilder(bitmap).build()\n```\n"
+    )
 
 
 def _tf_serving(meta: dict[str, Any]) -> str:

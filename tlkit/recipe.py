@@ -231,6 +231,9 @@ class Export(Section):
     enabled: bool = Field(True, description="export a SavedModel at the end of finetune")
     dir: str = Field("saved_models", description="exports go to DIR/NAME/VERSION")
     name: str | None = Field(None, description="default: the recipe's name")
+    description: str | None = Field(None, description="model description in TFLite metadata and the model card; default: task, backbone and labels")
+    author: str | None = Field(None, description="author written into TFLite metadata")
+    license: str | None = Field(None, description="licence written into TFLite metadata, e.g. Apache-2.0")
 
 
 class Runtime(Section):
