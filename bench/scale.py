@@ -293,13 +293,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 16000])
     parser.add_argument("--baseline", help="another checkout to time the same way (e.g. main, before this work)")
+    parser.add_argument("--skip-this", action="store_true", help="time only the --baseline checkout")
     parser.add_argument("--workers-at", type=int, nargs="*", help="sizes with the two-worker runs (default: all)")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     pool = [[photo(rng) for _ in range(DISTINCT)] for _ in range(CLASSES)]
     work = Path(tempfile.mkdtemp(prefix="tlkit-scale-"))
     try:
-        checkouts = [("this", str(ROOT))] + ([("baseline", args.baseline)] if args.baseline else [])
+        checkouts = ([] if args.skip_this else [("this", str(ROOT))]) + ([("baseline", args.baseline)] if args.baseline else [])
         tiny = make_folder(work / "tiny", 40, pool)
         startups = {}
         for label, path in checkouts:

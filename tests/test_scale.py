@@ -184,7 +184,8 @@ def test_workers_split_the_check_and_agree_on_every_verdict(tmp_path):
             scan = scan_images(paths, progress=False)
             mine = [p for p in scan.good if shard_of(p, 2) == index]
             theirs = [p for p in scan.good if shard_of(p, 2) != index]
-            results[index] = (scan, kept_images(mine, 16) is not None, kept_images(theirs, 16) is None)
+            kept = [all(kept_images([p], 16) is not None for p in mine), all(kept_images([p], 16) is None for p in theirs)]
+            results[index] = (scan, *kept)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
     for t in threads:
