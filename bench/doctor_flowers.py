@@ -32,7 +32,7 @@ FEATURES = ["--backbone", "mobilenet", "--option", "alpha=0.25", "--weights", st
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def tlkit(*args: str) -> tuple[float, str]:
+def cli(*args: str) -> tuple[float, str]:
     """(wall seconds, stdout) of one `tlkit` command in a fresh process."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "tlkit.cli", *args], capture_output=True, text=True,
@@ -43,9 +43,9 @@ def tlkit(*args: str) -> tuple[float, str]:
 
 
 def copies(tmp: Path) -> None:
-    base, _ = tlkit("extract", "mobilenet", "--data", str(FLOWERS), "--option", "alpha=0.25", "--weights", str(WEIGHTS),
+    base, _ = cli("extract", "mobilenet", "--data", str(FLOWERS), "--option", "alpha=0.25", "--weights", str(WEIGHTS),
                     "--input-size", "128", "--out", str(tmp / "features.npz"))
-    took, out = tlkit("doctor", str(FLOWERS), *FEATURES, "--json", "--out", str(tmp / "doctor"))
+    took, out = cli("doctor", str(FLOWERS), *FEATURES, "--json", "--out", str(tmp / "doctor"))
     report = json.loads(out)
     exact = [f for f in report["findings"] if f["issue"] in ("duplicate", "conflicting_labels", "leak")]
     conflicts = [f for f in exact if f["issue"] == "conflicting_labels"]
@@ -105,18 +105,18 @@ def hash_threshold(count: int = 1000) -> None:
         print(f"hash: threshold {t}: near copies found {np.mean(near <= t):.3f}, distinct pairs within {np.mean(distinct <= t):.5f}")
 
 
-def noise(tmp: Path) -> Path:
+def noise(tmp: Path, seed: int = 0) -> Path:
     from doctor_noise import noisy_copy
 
     noisy = tmp / "noisy"
-    moved = noisy_copy(FLOWERS, noisy, 0.05, seed=0)
+    moved = noisy_copy(FLOWERS, noisy, 0.05, seed=seed)
     (tmp / "moved.json").write_text(json.dumps(moved))
-    took, out = tlkit("doctor", str(noisy), *FEATURES, "--json", "--out", str(tmp / "noisy_doctor"))
+    took, out = cli("doctor", str(noisy), *FEATURES, "--json", "--out", str(tmp / "noisy_doctor"))
     findings = [f for f in json.loads(out)["findings"] if f["issue"] == "label"]
     top = findings[: len(moved)]
     hits = sum(f["paths"][0] in moved for f in top)
     right = sum(moved.get(f["paths"][0]) == f["suggested_label"] for f in top)
-    print(f"noise: {len(moved)} files moved; {len(findings)} label findings; precision of the top {len(moved)}: "
+    print(f"noise (seed {seed}): {len(moved)} files moved; {len(findings)} label findings; precision of the top {len(moved)}: "
           f"{hits / len(moved):.3f} ({hits}); suggested label right on {right}/{hits}; doctor {took:.1f} s")
     return noisy
 
@@ -131,7 +131,7 @@ def train(tmp: Path, noisy: Path) -> None:
     runs = {}
     for name, extra in (("plain", []), ("exclude", ["--set", f"data.exclude={exclude}"])):
         runs[name] = tmp / f"run_{name}"
-        took, _ = tlkit("finetune", str(ROOT / "recipes" / "flowers_mobilenet.yaml"), *short, *extra,
+        took, _ = cli("finetune", str(ROOT / "recipes" / "flowers_mobilenet.yaml"), *short, *extra,
                         "--run-dir", str(runs[name]), "--set", f"export.dir={tmp / ('export_' + name)}")
         metrics = json.loads((runs[name] / "metrics.json").read_text())
         print(f"train {name}: val accuracy {metrics['accuracy']:.3f} on {metrics.get('num_examples', '?')} images ({took:.0f} s)")
@@ -147,6 +147,7 @@ def train(tmp: Path, noisy: Path) -> None:
 
 def main() -> None:
     parts = sys.argv[1:] or ["copies", "hash", "noise", "train"]
+    seed = int(os.environ.get("NOISE_SEED", "0"))  # 0: the figure; 0 and 1 chose the label settings, 2 is held out
     with tempfile.TemporaryDirectory(prefix="doctor_bench_") as name:
         tmp = Path(name)
         if "copies" in parts:
@@ -154,7 +155,7 @@ def main() -> None:
         if "hash" in parts:
             hash_threshold()
         if "noise" in parts or "train" in parts:
-            noisy = noise(tmp)
+            noisy = noise(tmp, seed)
             if "train" in parts:
                 train(tmp, noisy)
 

@@ -137,3 +137,24 @@ def test_mask_facts(tmp_path):
     assert shares["foreground"] == pytest.approx(foreground / (5 * 32 * 32 + 16 * 16), abs=1e-3)
     assert sum(shares.values()) == pytest.approx(1.0)
     assert "classes" not in result.summary and not [f for f in result.findings if f.issue == "label"]
+
+
+def test_tfds_source_from_a_recipe(tfds_dir, tmp_path):
+    """A recipe as DATA (its data and backbone), on a TFDS source: examples are named SPLIT/INDEX, which
+    data.exclude takes too."""
+    import tlkit
+    from tlkit.tasks import load_data as load_recipe_data, load_recipe
+
+    recipe = tmp_path / "shapes.yaml"
+    recipe.write_text(
+        f"name: shapes\ndata: {{source: 'builtin:shapes/tiny', tfds_data_dir: '{tfds_dir}'}}\n"
+        "model: {backbone: scratch, weights: none, input_size: 32, blocks: [{filters: 8}, {filters: 16}]}\n"
+    )
+    result = tlkit.doctor(str(recipe), progress=False)
+    summary = result.summary
+    assert summary["splits"] == {"train": 120, "val": 40, "test": 40} and len(summary["classes"]) == 4
+    assert "scratch" in summary["features"] and "modes" not in summary  # no files to read headers from
+    assert all(p.split("/")[0] in ("train", "val", "test") for f in result.findings for p in f.paths)
+    (tmp_path / "exclude.txt").write_text("val/0\nval/3\n")
+    bundle = load_recipe_data(load_recipe(str(recipe), {"data.exclude": str(tmp_path / "exclude.txt")}), progress=False)
+    assert bundle.splits["val"].size == 38 and sorted(bundle.excluded) == ["val/0", "val/3"]

@@ -113,6 +113,8 @@ def doctor(
     from tlkit.tasks import load_data
 
     started = time.perf_counter()
+    if model is not None and task is None:
+        task = load_run_recipe(model).task  # the run's task reads the data
     rec = doctor_recipe(data, task, backbone, weights, options, input_size if model is None else None)
     features, size, described = _features(rec, model, unsafe)
     bundle = load_data(rec, progress=progress)
