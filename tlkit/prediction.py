@@ -65,7 +65,6 @@ class Predictor:
         self.task = get_task(self.target.task_name())
         self.labels = self.target.labels()
         self.batch_size = batch_size
-        self.tta = tta or bool(self.target.meta().get("tta"))
         self._wrap_tta = tta and not self.target.meta().get("tta")  # an export with TTA inside averages already
         self._unsafe = unsafe
         self._runner: Any = None

@@ -83,7 +83,11 @@ def uninstall() -> None:
 def caught_stderr() -> Iterator[None]:
     """Everything written to fd 2 inside goes to a file; afterwards the lines that are not TF noise are written back."""
     sys.stderr.flush()
-    saved = os.dup(2)
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2 to catch (closed): nothing would reach a terminal anyway
+        yield
+        return
     failed = False
     with tempfile.TemporaryFile() as caught:
         os.dup2(caught.fileno(), 2)
