@@ -69,6 +69,7 @@ def export_run(
     unsafe: bool = False,
     bias_correction: bool = True,
     qat_epochs: int = 0,
+    float_convs: int = 2,
 ) -> Path:
     """Write OUT/VERSION atomically, and only once the format's own engine agrees with the Keras model.
 
@@ -77,7 +78,8 @@ def export_run(
     the run's training data (`data` overrides the recipe's source; `bundle` is an
     already loaded `DataBundle`) and, unless `bias_correction=False`, with each
     layer's bias corrected for the weight rounding (`tlkit.quantization`), after
-    `qat_epochs` of quantization-aware fine-tuning of a copy of the model (`tlkit.qat`; 0: none). A
+    `qat_epochs` of quantization-aware fine-tuning of a copy of the model (`tlkit.qat`; 0: none), and with
+    float input/output the first `float_convs` convolutions kept in float (`tlkit.formats`). A
     failed conversion or verification leaves no partial version folder. `unsafe=True`
     lets the run's .keras file run Python code it carries (Lambda layers). Returns the version folder.
     """
@@ -96,7 +98,7 @@ def export_run(
     with model_folder.claim_version(out_dir, version) as number:
         final = out_dir / str(number)
         job.version = str(number)
-        job.prepare(data, bundle, unsafe, calibration_images, bias_correction, qat_epochs)
+        job.prepare(data, bundle, unsafe, calibration_images, bias_correction, qat_epochs, float_convs)
         with runs.atomic_folder(final) as tmp:  # a failure or a kill leaves no partial version folder
             job.write(tmp)
     job.say(f"exported {fmt.name} to {final}" + (f"/{fmt.filename}" if fmt.filename else ""))
@@ -121,7 +123,8 @@ class _Export:
             print(message, flush=True)
 
     def prepare(
-        self, data: str | None, bundle: Any, unsafe: bool, calibration_images: int, bias_correction: bool, qat_epochs: int = 0
+        self, data: str | None, bundle: Any, unsafe: bool, calibration_images: int, bias_correction: bool, qat_epochs: int = 0,
+        float_convs: int = 0,
     ) -> None:
         """Load the model and the data the checks need; fail before anything is written."""
         from tlkit import formats
@@ -136,7 +139,7 @@ class _Export:
             model=self.model, inference=self.inference, output_name=self.output_name, labels=self.labels,
             size=self.size, task=self.task.name, state=self.state, quantize=self.quantize, integer_io=self.integer_io,
             calibration=(lambda: self.images.calibration(calibration_images)) if int8 else None,
-            bias_correction=bias_correction, info=self.model_info(),
+            bias_correction=bias_correction, info=self.model_info(), float_convs=float_convs,
         )
         self.job.notes.update(unfinished)
         if int8:
