@@ -129,7 +129,7 @@ def evaluate(target: str, data: str | None, split: str | None, as_json: bool, un
     show_default=True,
     help="int8: take the weight rounding's mean shift out of each layer's bias (measured on the calibration images).",
 )
-@click.option("--float-convs", type=int, default=2, show_default=True, help="int8 with float I/O: the first N convolutions stay float (0: all int8).")
+@click.option("--float-convs", type=int, default=3, show_default=True, help="int8 with float I/O: the first N convolutions stay float (0: all int8).")
 @click.option("--data", help="Data source for the check and calibration images (default: the run's own).")
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)

@@ -68,7 +68,7 @@ def export_run(
     bundle: Any = None,
     unsafe: bool = False,
     bias_correction: bool = True,
-    float_convs: int = 2,
+    float_convs: int = 3,
 ) -> Path:
     """Write OUT/VERSION atomically, and only once the format's own engine agrees with the Keras model.
 
