@@ -149,13 +149,13 @@ def evaluate(target: str, data: str | None, split: str | None, as_json: bool, un
     show_default=True,
     help="int8: take the weight rounding's mean shift out of each layer's bias (measured on the calibration images).",
 )
-@click.option("--qat-epochs", type=int, default=0, show_default=True, help="int8: epochs of quantization-aware fine-tuning of a copy of the model first.")
+@click.option("--float-convs", type=int, default=3, show_default=True, help="int8 with float I/O: the first N convolutions stay float (0: all int8).")
 @click.option("--data", help="Data source for the check and calibration images (default: the run's own).")
 @click.option("--tta", is_flag=True, help="SavedModel: serve the mean of each image's and its mirror image's probabilities (recorded in metadata.json).")
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)
 @_handle_errors
-def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantize: str, integer_io: bool, calibration_images: int, bias_correction: bool, qat_epochs: int, data: str | None, tta: bool, quiet: bool, unsafe: bool) -> None:
+def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantize: str, integer_io: bool, calibration_images: int, bias_correction: bool, float_convs: int, data: str | None, tta: bool, quiet: bool, unsafe: bool) -> None:
     """Export RUN_DIR for a runtime: OUT/VERSION with the model, labels.txt, metadata.json and README.md.
 
     Written only after the runtime's own engine (TensorFlow, LiteRT, onnxruntime)
@@ -166,7 +166,7 @@ def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantiz
     export_run(
         run_dir, out=out, version=version, quiet=quiet, format=fmt, quantize=quantize,
         integer_io=integer_io, calibration_images=calibration_images, data=data, unsafe=unsafe,
-        bias_correction=bias_correction, tta=tta, qat_epochs=qat_epochs,
+        bias_correction=bias_correction, tta=tta, float_convs=float_convs,
     )
 
 

@@ -69,7 +69,7 @@ def export_run(
     unsafe: bool = False,
     bias_correction: bool = True,
     tta: bool = False,
-    qat_epochs: int = 0,
+    float_convs: int = 3,
 ) -> Path:
     """Write OUT/VERSION atomically, and only once the format's own engine agrees with the Keras model.
 
@@ -77,8 +77,8 @@ def export_run(
     none/float16/dynamic/int8, int8 calibrated on `calibration_images` images of
     the run's training data (`data` overrides the recipe's source; `bundle` is an
     already loaded `DataBundle`) and, unless `bias_correction=False`, with each
-    layer's bias corrected for the weight rounding (`tlkit.quantization`), after
-    `qat_epochs` of quantization-aware fine-tuning of a copy of the model (`tlkit.qat`; 0: none). A
+    layer's bias corrected for the weight rounding (`tlkit.quantization`) and, with
+    float input/output, the first `float_convs` convolutions kept in float (`tlkit.formats`). A
     failed conversion or verification leaves no partial version folder. `unsafe=True`
     lets the run's .keras file run Python code it carries (Lambda layers). `tta=True` (SavedModel) serves the
     mean of each image's and its mirror image's probabilities (`tlkit.models.tta`), recorded in metadata.json.
@@ -89,8 +89,8 @@ def export_run(
     fmt = formats.get_format(format)
     formats.check_options(fmt, quantize, integer_io, tta)
     formats.require(fmt)
-    if qat_epochs < 0 or (qat_epochs and quantize != "int8"):
-        raise TlkitError(f"--qat-epochs needs --quantize int8 and a non-negative number, got {qat_epochs} with {quantize}")
+    if float_convs < 0:
+        raise TlkitError(f"--float-convs must be 0 or more, got {float_convs}")
     if calibration_images < 1:
         raise TlkitError(f"--calibration-images must be at least 1, got {calibration_images}")
     job = _Export(runs.require_run_dir(run_dir), fmt, quantize, integer_io, quiet)
@@ -100,7 +100,7 @@ def export_run(
     with model_folder.claim_version(out_dir, version) as number:
         final = out_dir / str(number)
         job.version = str(number)
-        job.prepare(data, bundle, unsafe, calibration_images, bias_correction, qat_epochs)
+        job.prepare(data, bundle, unsafe, calibration_images, bias_correction, float_convs)
         with runs.atomic_folder(final) as tmp:  # a failure or a kill leaves no partial version folder
             job.write(tmp)
     job.say(f"exported {fmt.name} to {final}" + (f"/{fmt.filename}" if fmt.filename else ""))
@@ -127,7 +127,7 @@ class _Export:
             print(message, flush=True)
 
     def prepare(
-        self, data: str | None, bundle: Any, unsafe: bool, calibration_images: int, bias_correction: bool, qat_epochs: int = 0
+        self, data: str | None, bundle: Any, unsafe: bool, calibration_images: int, bias_correction: bool, float_convs: int = 0
     ) -> None:
         """Load the model and the data the checks need; fail before anything is written."""
         from tlkit import formats
@@ -135,27 +135,16 @@ class _Export:
         self.model, unfinished = self.load_model(unsafe)
         self.images = _ExportImages(self.recipe, self.task, data, bundle, self.size, self.quiet)
         int8 = self.quantize == "int8"
-        if int8 and qat_epochs > 0:
-            unfinished["quantization_aware"] = self.tune(qat_epochs)
         self.output_name, self.inference = formats.inference_model(self.model, self.task.activation)
         self.job = formats.ExportJob(
             model=self.model, inference=self.inference, output_name=self.output_name, labels=self.labels,
             size=self.size, task=self.task.name, state=self.state, quantize=self.quantize, integer_io=self.integer_io,
             calibration=(lambda: self.images.calibration(calibration_images)) if int8 else None,
-            bias_correction=bias_correction, tta=self.tta, info=self.model_info(),
+            bias_correction=bias_correction, tta=self.tta, info=self.model_info(), float_convs=float_convs,
         )
         self.job.notes.update(unfinished)
         if int8:
             self.images.require_data()
-
-    def tune(self, epochs: int) -> dict[str, Any]:
-        """A short quantization-aware stage on this process's copy of the model (tlkit.qat); the run is unchanged."""
-        from tlkit.qat import QatOptions, tune
-
-        bundle = self.images.require_data()
-        self.say(f"quantization-aware fine-tuning for {epochs} epoch(s) on the training split ...")
-        with tempfile.TemporaryDirectory(prefix="tlkit-qat-") as cache:
-            return tune(self.model, self.task, self.images.recipe, bundle, QatOptions(epochs=epochs), Path(cache), self.quiet)
 
     def load_model(self, unsafe: bool) -> tuple[Any, dict[str, Any]]:
         """The run's best checkpoint; of a run still training (no metrics.json yet), the best one written so far."""

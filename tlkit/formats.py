@@ -61,6 +61,7 @@ class ExportJob:
     tta: bool = False  # test-time flips averaged inside the signatures (tlkit.models.tta); formats with `tta` only
     notes: dict[str, Any] = field(default_factory=dict)  # what the writer wants recorded in metadata.json
     info: Any = None  # tlkit.tflite_metadata.ModelInfo: name, description, version, author, licence
+    float_convs: int = 3  # int8 with float I/O: the first convolutions kept in float (see _convert)
 
 
 class Runner:
@@ -422,7 +423,7 @@ def _write_tflite(job: ExportJob, folder: Path) -> None:
             converter.inference_input_type = tf.uint8
             converter.inference_output_type = tf.uint8
     try:
-        data = converter.convert()
+        data = _convert(converter, job, calibration, staging)
     except TlkitError:
         raise
     except Exception as exc:  # ConverterError carries the MLIR diagnostics
@@ -437,6 +438,43 @@ def _write_tflite(job: ExportJob, folder: Path) -> None:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     (folder / "model.tflite").write_bytes(_with_metadata(job, data))
+
+
+def _convert(converter: Any, job: ExportJob, calibration: list[np.ndarray], staging: Path) -> bytes:
+    """The converter's output; for int8 with `job.float_convs`, the stem's first convolutions kept in float.
+
+    Activation rounding costs most in the first layers (measured on flowers: conv1 alone flips 3.9% of the
+    predictions); keeping the first 3 convolutions float lifts int8 agreement from 93.6% to 96.6% (2: 95.0%, 4: 95.4%).
+    Uses the converter's public selective quantization (QuantizationDebugger with denylisted nodes).
+    """
+    import tensorflow as tf
+
+    if job.quantize != "int8" or job.integer_io or job.float_convs < 1:
+        return converter.convert()
+    float_model = tf.lite.TFLiteConverter.from_saved_model(str(staging))  # the same graph, so the same tensor names
+    names = _conv_outputs(float_model.convert())[: job.float_convs]
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=lambda: ([x] for x in calibration[:4]),
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names),
+    )
+    job.notes["float_convolutions"] = len(names)
+    return debugger.get_nondebug_quantized_model()
+
+
+def _conv_outputs(model: bytes) -> list[str]:
+    """Output tensor names of the convolutions of a TFLite model, in execution order."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    fb = schema.Model.GetRootAsModel(model, 0)
+    graph = fb.Subgraphs(0)
+    convs = {schema.BuiltinOperator.CONV_2D, schema.BuiltinOperator.DEPTHWISE_CONV_2D}
+    names = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = fb.OperatorCodes(op.OpcodeIndex())
+        if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) in convs:
+            names.append(graph.Tensors(op.Outputs(0)).Name().decode())
+    return names
 
 
 def _with_metadata(job: ExportJob, data: bytes) -> bytes:
