@@ -109,7 +109,8 @@ def export_run(
     formats.require(fmt)
     if calibration_images < 1:
         raise TlkitError(f"--calibration-images must be at least 1, got {calibration_images}")
-    job = _Export(runs.require_run_dir(run_dir), fmt, quantize, integer_io, quiet, tta)
+    job = _Export(runs.require_run_dir(run_dir), fmt, quantize, integer_io, quiet)
+    job.tta = tta
     final = job.target(out, version)
     job.prepare(data, bundle, unsafe, calibration_images, bias_correction)
     out_dir = final.parent
@@ -124,9 +125,10 @@ def export_run(
 class _Export:
     """One export of a run: where it goes, what it converts, and the steps that write and verify it."""
 
-    def __init__(self, run_dir: Path, fmt: Any, quantize: str, integer_io: bool, quiet: bool, tta: bool = False) -> None:
+    tta = False  # test-time flips inside the signatures
+
+    def __init__(self, run_dir: Path, fmt: Any, quantize: str, integer_io: bool, quiet: bool) -> None:
         self.run_dir, self.fmt, self.quantize, self.integer_io, self.quiet = run_dir, fmt, quantize, integer_io, quiet
-        self.tta = tta  # test-time flips inside the signatures
         self.recipe = load_recipe(run_dir / runs.RECIPE)
         self.task = get_task(self.recipe)
         self.labels = runs.read_labels(run_dir)
