@@ -1,6 +1,6 @@
 """How long does a command take to print, and what else does it print? Before and after, in one run.
 
-    python bench/startup.py [--before REV] [--reps 5]
+    python bench/startup.py [--before REV] [--reps 5] [--only WORD]
 
 Runs `tlkit backbones`, `tlkit --help` and `tlkit inspect scratch --input-size 32`
 (a command that imports TensorFlow and runs it) in fresh processes, alternating
@@ -51,6 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="commit of the baseline (default: merge-base HEAD main)")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--only", help="run only the commands containing this word (e.g. inspect)")
     args = parser.parse_args()
     rev = args.before or subprocess.run(
         ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"], capture_output=True, text=True, check=True
@@ -60,7 +61,7 @@ def main() -> None:
         (Path(tmp) / "cwd").mkdir()
         print(f"before: {rev[:10]}   after: this tree   reps: {args.reps} (alternating, median)")
         print(f"{'command':<36} {'before s':>9} {'after s':>9} {'after/before':>13}  stderr lines before -> after")
-        for command in COMMANDS:
+        for command in [c for c in COMMANDS if args.only is None or args.only in c]:
             seconds: dict[str, list[float]] = {"before": [], "after": []}
             lines: dict[str, list[str]] = {}
             for _ in range(args.reps):
