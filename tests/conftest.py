@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# remembered scan verdicts (tlkit.data.scan) go to a scratch folder, not the user's ~/.cache
+if "TLKIT_CACHE_DIR" not in os.environ:
+    os.environ["TLKIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="tlkit-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["TLKIT_CACHE_DIR"], True)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -95,3 +102,14 @@ def load_data(data, seed: int, progress: bool = False, task: str = "classificati
     from tlkit.tasks import get_task
 
     return load(data, seed, get_task(task), progress=progress)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tfds_dir) -> Path:
+    """One tiny classification run (1 epoch, not exported) for tests that only export or read it."""
+    import tlkit
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    recipe = tiny_recipe(tfds_dir, root, export={"dir": str(root / "saved_models"), "author": "Ada", "license": "Apache-2.0"},
+                         train={"stages": [{"name": "train", "epochs": 1, "learning_rate": 0.003}]})
+    return tlkit.finetune(recipe, run_dir=root / "run", quiet=True, export=False).run_dir

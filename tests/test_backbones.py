@@ -91,6 +91,8 @@ def test_entry_builds_a_4d_feature_map(name):
     assert len(shape) == 4 and shape[0] is None and shape[-1] > 0 and shape[1] == shape[2] and shape[1] > 0
     features = model(np.zeros((1, size, size, 3), "float32"), training=False)
     assert tuple(features.shape) == (1, *shape[1:])
+    # what `tlkit backbones` prints without building (a conv net's count does not depend on the input size)
+    assert spec.params is None or model.count_params() == spec.params
 
 
 @HARNESS

@@ -35,7 +35,7 @@ def test_run_directory_holds_everything(trained):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("split", "accuracy", "loss", "top_k_accuracy", "per_class", "confusion_matrix"):
         assert key in metrics
-    assert metrics["split"] == "test"
+    assert metrics["split"] == "test" and metrics["selected_on"] == "val"  # a held-out test split: honest
     assert set(metrics["per_class"]) == {"circle", "square", "star", "triangle"}
     assert set(metrics["per_class"]["star"]) == {"precision", "recall", "f1", "support"}
     assert np.array(metrics["confusion_matrix"]).sum() == metrics["num_examples"] == 40

@@ -89,6 +89,39 @@ def test_one_predict_for_every_format_gives_the_same_top1(run, exports, tmp_path
     assert [r["predictions"][0]["label"] for r in fresh] == [LABELS[i] for i in scores["savedmodel"].argmax(1)]
 
 
+def test_every_format_predicts_a_folder_into_a_csv_with_tta(run, exports, tmp_path):
+    """Nested folders, an empty file as a row with its reason, and the same TTA scores from every engine."""
+    import csv
+
+    import tlkit
+    from tlkit.errors import TlkitError
+
+    _, run_dir = run
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    random_pngs(folder)
+    (folder / "sub" / "img0.png").write_bytes((folder / "img1.png").read_bytes())
+    (folder / "sub" / "empty.jpg").write_bytes(b"")
+    targets = {"run": run_dir, "savedmodel": exports["savedmodel"], "tflite": exports["tflite"] / "model.tflite",
+               "onnx": exports["onnx"] / "model.onnx"}
+    scores = {}
+    for name, target in targets.items():
+        rows = tlkit.predict(target, [folder], top_k=4, tta=True, csv_path=tmp_path / f"{name}.csv")
+        assert [Path(r["path"]).relative_to(folder).as_posix() for r in rows] == [
+            "img0.png", "img1.png", "img2.png", "sub/empty.jpg", "sub/img0.png"]
+        assert rows[3] == {"path": str(folder / "sub" / "empty.jpg"), "error": "empty file"}
+        with open(tmp_path / f"{name}.csv", newline="") as f:
+            table = list(csv.DictReader(f))
+        assert [r["error"] for r in table] == ["", "", "", "empty file", ""] and table[0]["label_4"] in LABELS
+        good = [r for r in rows if "error" not in r]
+        scores[name] = np.array([[dict((p["label"], p["score"]) for p in r["predictions"])[c] for c in LABELS] for r in good])
+    np.testing.assert_allclose(scores["run"][1], scores["run"][3], atol=1e-6)  # the same image twice
+    for name in ("savedmodel", "tflite", "onnx"):
+        np.testing.assert_allclose(scores[name], scores["run"], atol=2e-3, err_msg=name)  # SavedModel: uint8 rounding
+    with pytest.raises(TlkitError, match="--tta is not available for --format tflite.*predict --tta"):
+        tlkit.export(run_dir, format="tflite", tta=True)
+
+
 def test_evaluate_runs_a_tflite_export_on_its_own_engine(run, exports):
     import tlkit
 
@@ -98,6 +131,9 @@ def test_evaluate_runs_a_tflite_export_on_its_own_engine(run, exports):
         metrics = tlkit.evaluate(exports[name])
         assert metrics["split"] == "test"
         assert metrics["confusion_matrix"] == stored["confusion_matrix"], name
+    averaged = tlkit.evaluate(exports["tflite"], tta=True)  # test-time flips around the LiteRT engine
+    assert averaged["tta"] and averaged["confusion_matrix"] == tlkit.evaluate(run_dir, tta=True)["confusion_matrix"]
+    assert averaged["loss"] != pytest.approx(metrics["loss"], abs=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ VALID = {
 }
 
 NOT_A_NUMBER = st.one_of(
-    st.text(max_size=20).filter(lambda s: not _numeric(s)),
+    st.text(max_size=20).filter(lambda s: not _numeric(s) and s != "auto"),  # auto: a valid size and epoch count
     st.lists(st.integers(), max_size=3),
     st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
 )

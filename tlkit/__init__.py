@@ -7,10 +7,11 @@ Names resolve lazily so `import tlkit` (and `tlkit --help`) stays quick.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from tlkit import tflogs
+
+tflogs.quiet_level()  # TF_CPP_MIN_LOG_LEVEL=2 unless set (or TLKIT_TF_LOGS asks for TensorFlow's lines)
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ _API = {
     "write_report": ("tlkit.report", "write_report"),  # not "report": the module tlkit.report would shadow it
     "inspect": ("tlkit.inspection", "inspect_model"),
     "doctor": ("tlkit.diagnosis.doctor", "doctor"),
+    "benchmark": ("tlkit.benchmarking", "benchmark"),  # module named like exporting/evaluation: tlkit.benchmark stays the function
     "load_recipe": ("tlkit.tasks", "load_recipe"),
     "Recipe": ("tlkit.recipe", "Recipe"),
     "TlkitError": ("tlkit.errors", "TlkitError"),

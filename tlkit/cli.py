@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import sys
 from typing import Any, Callable
 
 import click
 
+from tlkit import tflogs
 from tlkit.formats import FORMATS, QUANTIZE_MODES  # the registry only: no TensorFlow import
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+tflogs.install()  # TensorFlow's start-up lines stay off the terminal (TLKIT_TF_LOGS=1 / --tf-logs: shown)
 
 UNSAFE_HELP = "Load a run's .keras file even if it carries Python code (Lambda layers): only for files you trust."
+TTA_HELP = "Test-time augmentation: average each image's and its mirror image's probabilities (masks flipped back)."
 
 
 def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -44,8 +45,11 @@ def _handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="tlkit")
-def cli() -> None:
+@click.option("--tf-logs", is_flag=True, help="Show TensorFlow's own start-up and log lines (or set TLKIT_TF_LOGS=1).")
+def cli(tf_logs: bool) -> None:
     """Transfer learning for image models: finetune, evaluate, export, predict, extract, report, inspect."""
+    if tf_logs:
+        tflogs.show_tf_logs()
 
 
 @cli.command()
@@ -55,22 +59,26 @@ def cli() -> None:
 @click.option("--weights", help="imagenet, none, or a path to a weights file.")
 @click.option("--epochs", type=int, help="Epochs of every stage.")
 @click.option("--batch-size", type=int)
-@click.option("--input-size", type=int, help="Square input side in pixels.")
+@click.option("--input-size", help="Square input side in pixels, or auto (from the images' sizes).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any recipe field, e.g. train.stages.0.learning_rate=0.01 (repeatable).")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Backbone option (model.options), e.g. alpha=0.25 (repeatable).")
 @click.option("--run-dir", type=click.Path(), help="Run directory (default runs/NAME-TIMESTAMP).")
 @click.option("--resume", type=click.Path(), help="Continue an interrupted run from its directory.")
 @click.option("--no-export", is_flag=True, help="Skip the SavedModel export at the end.")
 @click.option("--no-report", is_flag=True, help="Skip the pictures and index.html in RUN_DIR/report/.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or summaries.")
+@click.option("--rescan", is_flag=True, help="Check every image file again (default: only new or changed ones).")
 @_handle_errors
-def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, resume: str | None, no_export: bool, no_report: bool, quiet: bool, **flags: Any) -> None:
-    """Train a model from RECIPE (a YAML file or a shipped name; default: quickstart)."""
+def finetune(recipe: str | None, sets: tuple[str, ...], options: tuple[str, ...], run_dir: str | None, resume: str | None, no_export: bool, no_report: bool, quiet: bool, rescan: bool, **flags: Any) -> None:
+    """Train a model from RECIPE (a YAML file or a shipped name).
+
+    Without RECIPE: with --data, the pretrained own_images default; without, the offline quickstart.
+    """
     from tlkit.recipe import parse_override
     from tlkit.train import finetune as run
 
     overrides = dict(parse_override(s) for s in sets)
-    if resume is None and recipe is None:
-        recipe = "quickstart"
+    overrides.update((f"model.options.{k}", v) for k, v in map(parse_override, options))
     result = run(
         recipe,
         overrides=overrides or None,
@@ -79,6 +87,7 @@ def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, res
         quiet=quiet,
         export=False if no_export else None,
         report=not no_report,
+        rescan=rescan,
         **flags,
     )
     if not result.chief:  # another worker of a multi-worker run: the chief reports
@@ -90,6 +99,11 @@ def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, res
         click.echo(f"export: {result.export_dir}")
     headline = get_task(result.task).headline
     click.echo(f"{result.metrics['split']} {headline}: {result.metrics[headline]:.4f}  ({result.seconds:.1f} s)")
+    from tlkit.runs import selection_note
+
+    note = selection_note(result.metrics)
+    if note:
+        click.echo(note)
 
 
 @cli.command()
@@ -98,21 +112,27 @@ def finetune(recipe: str | None, sets: tuple[str, ...], run_dir: str | None, res
 @click.option("--split", help="train, val or test (default: test if there is one, else val).")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)
+@click.option("--tta", is_flag=True, help=TTA_HELP)
 @_handle_errors
-def evaluate(target: str, data: str | None, split: str | None, as_json: bool, unsafe: bool) -> None:
+def evaluate(target: str, data: str | None, split: str | None, as_json: bool, unsafe: bool, tta: bool) -> None:
     """Metrics of a run directory or an export (TARGET) on a split."""
     from tlkit.evaluation import evaluate as run
 
-    metrics = run(target, data=data, split=split, unsafe=unsafe)
+    metrics = run(target, data=data, split=split, unsafe=unsafe, tta=tta)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
         return
     from tlkit.targets import resolve_target
     from tlkit.tasks import get_task
 
-    click.echo(f"split {metrics['split']}: {metrics['num_examples']} images")
+    click.echo(f"split {metrics['split']}: {metrics['num_examples']} images" + (", test-time flips averaged" if metrics.get("tta") else ""))
     for line in get_task(resolve_target(target, ("run", "export")).task_name()).format_metrics(metrics):
         click.echo(line)
+    from tlkit.runs import selection_note
+
+    note = selection_note(metrics)
+    if note:
+        click.echo(note)
 
 
 @cli.command()
@@ -129,11 +149,13 @@ def evaluate(target: str, data: str | None, split: str | None, as_json: bool, un
     show_default=True,
     help="int8: take the weight rounding's mean shift out of each layer's bias (measured on the calibration images).",
 )
+@click.option("--float-convs", type=int, default=3, show_default=True, help="int8 with float I/O: the first N convolutions stay float (0: all int8).")
 @click.option("--data", help="Data source for the check and calibration images (default: the run's own).")
+@click.option("--tta", is_flag=True, help="SavedModel: serve the mean of each image's and its mirror image's probabilities (recorded in metadata.json).")
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)
 @_handle_errors
-def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantize: str, integer_io: bool, calibration_images: int, bias_correction: bool, data: str | None, quiet: bool, unsafe: bool) -> None:
+def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantize: str, integer_io: bool, calibration_images: int, bias_correction: bool, float_convs: int, data: str | None, tta: bool, quiet: bool, unsafe: bool) -> None:
     """Export RUN_DIR for a runtime: OUT/VERSION with the model, labels.txt, metadata.json and README.md.
 
     Written only after the runtime's own engine (TensorFlow, LiteRT, onnxruntime)
@@ -144,8 +166,31 @@ def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantiz
     export_run(
         run_dir, out=out, version=version, quiet=quiet, format=fmt, quantize=quantize,
         integer_io=integer_io, calibration_images=calibration_images, data=data, unsafe=unsafe,
-        bias_correction=bias_correction,
+        bias_correction=bias_correction, tta=tta, float_convs=float_convs,
     )
+
+
+@cli.command()
+@click.argument("targets", metavar="RUN_OR_EXPORT...", nargs=-1, required=True, type=click.Path())
+@click.option("--formats", "fmts", multiple=True, help="FORMAT or FORMAT:QUANT, comma-separated or repeated (default: all), e.g. tflite:int8,onnx.")
+@click.option("--data", help="Data source to evaluate on (default: the run's own).")
+@click.option("--split", help="train, val or test (default: test if there is one, else val).")
+@click.option("--single", type=int, default=50, show_default=True, help="One-image calls timed per row (p50/p95).")
+@click.option("--out", type=click.Path(), help="Keep the exports of a run here (default: a temporary folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of the table.")
+@_handle_errors
+def benchmark(targets: tuple[str, ...], fmts: tuple[str, ...], data: str | None, split: str | None, single: int, out: str | None, as_json: bool) -> None:
+    """Size, metric, agreement with float, latency and throughput of a run's Keras model and exports (or of EXPORTs)."""
+    from tlkit.benchmarking import benchmark as run, format_table
+
+    rows = run(list(targets), formats=list(fmts) or None, data=data, split=split, single=single, out=out, quiet=as_json)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        for row in rows:
+            if row.get("warning"):
+                click.echo(f"warning: {row['format']} {row['quantize']} {row['warning']}", err=True)
+        return
+    click.echo(format_table(rows))
 
 
 @cli.command()
@@ -154,20 +199,34 @@ def export(run_dir: str, out: str | None, version: int | None, fmt: str, quantiz
 @click.option("--top-k", default=3, show_default=True, type=int)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {path, predictions}.")
 @click.option("--out", type=click.Path(), help="Segmentation: folder for mask PNGs (class indices) and colour overlays.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Write one row per image to this CSV (path, answer, error) instead of printing lines.")
+@click.option("--tta", is_flag=True, help=TTA_HELP)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--unsafe", is_flag=True, help=UNSAFE_HELP)
 @_handle_errors
-def predict(export_path: str, images: tuple[str, ...], top_k: int, as_json: bool, out: str | None) -> None:
-    """Classify (or segment) IMAGES with an export: a SavedModel (version or model folder), a .tflite or an .onnx file."""
-    from tlkit.prediction import export_task, format_result
-    from tlkit.prediction import predict as run
+def predict(export_path: str, images: tuple[str, ...], top_k: int, as_json: bool, out: str | None, csv_path: str | None, tta: bool, batch_size: int, unsafe: bool) -> None:
+    """Classify (or segment) IMAGES (files, or folders: every image inside) with EXPORT: a SavedModel, a .tflite
+    or an .onnx file, or a run directory. A file that is not an image gets its reason; the exit code is then 1."""
+    from tlkit.prediction import Predictor, format_result
 
-    results = run(export_path, list(images), top_k=top_k, out=out)
+    predictor = Predictor(export_path, top_k=top_k, batch_size=batch_size, out=out, tta=tta, unsafe=unsafe)
+    rows = predictor.results(images, progress=sys.stderr.isatty() and (bool(csv_path) or as_json or not sys.stdout.isatty()))
+    if csv_path:
+        rows = predictor.to_csv(rows, csv_path)
+    images_seen = errors = 0
+    if as_json:  # streamed: one entry per line as it comes
+        click.echo("[")
+    for row in rows:
+        if as_json:
+            click.echo(("," if images_seen else "") + json.dumps(row))
+        elif not csv_path:
+            click.echo(format_result(row, predictor.task.name))
+        images_seen, errors = images_seen + 1, errors + ("error" in row)
     if as_json:
-        click.echo(json.dumps(results, indent=2))
-    else:
-        task = export_task(export_path)
-        for r in results:
-            click.echo(format_result(r, task))
-    if any("error" in r for r in results):
+        click.echo("]")
+    if csv_path:
+        click.echo(f"wrote {images_seen} rows to {csv_path} ({errors} unreadable)", err=as_json)
+    if errors:
         sys.exit(1)
 
 
@@ -272,15 +331,17 @@ def inspect(target: str, image: str | None, layer: str | None, out: str | None, 
 
 
 @cli.command()
-@click.option("--no-params", is_flag=True, help="Skip building each model to count parameters (faster).")
+@click.option("--no-params", is_flag=True, help="Leave the parameter column empty.")
+@click.option("--count", is_flag=True, help="Build each model to count its parameters (slow) instead of the registry's figures.")
 @_handle_errors
-def backbones(no_params: bool) -> None:
-    """List the registered backbones with input sizes and parameter counts."""
+def backbones(no_params: bool, count: bool) -> None:
+    """List the registered backbones with input sizes and parameter counts (at the default size, without the head)."""
     from tlkit.models.backbones import count_params, list_backbones
 
     click.echo(f"{'name':<20} {'input':>5} {'min':>4} {'params':>12}  options")
     for spec in list_backbones():
-        params = "" if no_params else f"{count_params(spec.name):,}"
+        n = None if no_params else count_params(spec.name) if count or spec.params is None else spec.params
+        params = "" if n is None else f"{n:,}"
         click.echo(f"{spec.name:<20} {spec.default_size:>5} {spec.min_size:>4} {params:>12}  {', '.join(spec.options) or '-'}")
 
 

@@ -14,6 +14,7 @@ the model to hand to `fit()`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -234,6 +235,8 @@ class Placement:
     task: str = "chief"  # e.g. worker1
     workers: int = 1
     scratch: Path | None = None
+    index: int = 0  # this worker's input shard (0 .. workers-1; the chief is 0)
+    presharded: bool = False  # the pipelines hold only this worker's shard of the files (shard_bundle)
 
     @property
     def replicas(self) -> int:
@@ -271,16 +274,79 @@ class Placement:
         with self.scope():
             return keras.Model(model.inputs, model.outputs, name=model.name)
 
-    def shard(self, ds: Any) -> Any:
-        """Each worker reads the whole (seeded, identically ordered) pipeline and keeps its share of every
-        global batch: sharding by data works for every source, files or not."""
+    def shard(self, ds: Any, count: int | None = None, batch: int = 0, class_weight: Any = None) -> Any:
+        """A pipeline as fit() should take it. Pipelines of image files hold this worker's shard already
+        (`shard_bundle`; `count`: the examples of all workers together, `batch` the global batch): each worker
+        feeds its own batches (`per_worker`), with the class weights as sample weights (fit() cannot add them to
+        a distributed dataset). Other sources (TFDS): each worker reads the whole (seeded, identically ordered)
+        pipeline and keeps its share of every global batch (tf.data auto-sharding by data)."""
         if self.workers <= 1:
             return ds
+        if self.takes_shards and count is not None:
+            if class_weight:
+                import tensorflow as tf
+
+                weights = tf.constant([class_weight[i] for i in range(len(class_weight))], tf.float32)
+                ds = ds.map(lambda x, y: (x, y, tf.gather(weights, tf.argmax(y, axis=-1))))
+            return self.per_worker(ds, count, batch)
         import tensorflow as tf
 
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return ds.with_options(options)
+
+    @property
+    def takes_shards(self) -> bool:
+        """Whether fit() gets this worker's own batches (then it must not be given class weights itself)."""
+        return self.workers > 1 and self.presharded
+
+    def per_worker(self, ds: Any, count: int, batch: int) -> Any:
+        """This worker's batches of its shard, laid out so that every worker has the same number of steps, none
+        of them empty (an empty batch would put NaN into BatchNorm statistics): the global batch of each step
+        is every worker's next local batch, and an epoch shows each of the `count` examples once."""
+        import tensorflow as tf
+
+        local_replicas = max(1, self.replicas // self.workers)
+        per_replica = max(1, batch // self.replicas)
+        mine = balanced_count(count, self.workers, self.index)
+        steps = max(1, math.ceil(balanced_count(count, self.workers, 0) / (per_replica * local_replicas)))
+        parts = steps * local_replicas  # one element per local replica and step
+        sizes = [mine // parts + (1 if i < mine % parts else 0) for i in range(parts)]
+        local = ds.rebatch(sizes).apply(tf.data.experimental.assert_cardinality(parts))
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+        local = local.with_options(options)
+        return self.strategy.distribute_datasets_from_function(lambda _context: local)
+
+    def shard_bundle(self, bundle: Any) -> Any:
+        """The bundle this worker trains on: its share of every split of image files, as many files as each
+        other worker (give or take one), chosen among the files its scan decoded (`tlkit.data.scan.shard_of`)."""
+        if self.workers <= 1:
+            return bundle
+        from dataclasses import replace
+
+        splits = {}
+        for name, split in bundle.splits.items():
+            if split.image_files and split.paths is not None and split.size >= self.workers:
+                split = split.subset(balanced_shard(split.paths, self.workers)[self.index])
+                self.presharded = True
+            splits[name] = split
+        return replace(bundle, splits=splits)
+
+    def scan_sharing(self) -> dict[str, Any]:
+        """How this process shares the image check with the other workers (`tlkit.data.scan.scan_options`)."""
+        if self.workers <= 1 or self.kind != "multi_worker":
+            return {}
+        import tensorflow as tf
+
+        strategy = self.strategy
+
+        def all_sum(array: Any) -> Any:
+            value = tf.constant(array)
+            per_replica = strategy.run(lambda: tf.identity(value))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None).numpy()
+
+        return {"workers": self.workers, "index": self.index, "all_sum": all_sum}
 
     def write_dir(self, run_dir: Path | None) -> Path:
         """Where this process writes. The chief: the run directory. Another worker: a scratch folder,
@@ -307,6 +373,28 @@ class Placement:
         return ", ".join(parts)
 
 
+def balanced_count(count: int, workers: int, index: int) -> int:
+    """How many of `count` examples worker `index` holds: `count // workers`, one more for the first ones."""
+    return count // workers + (1 if index < count % workers else 0)
+
+
+def balanced_shard(paths: list[str], workers: int) -> list[list[int]]:
+    """Indices of `paths` per worker: balanced (`balanced_count`), each file with the worker whose scan decoded
+    it (`tlkit.data.scan.shard_of`) where the balance allows; the same answer in every process."""
+    from tlkit.data.scan import shard_of
+
+    owned: list[list[int]] = [[] for _ in range(workers)]
+    for i, path in enumerate(paths):
+        owned[shard_of(path, workers)].append(i)
+    quota = [balanced_count(len(paths), workers, w) for w in range(workers)]
+    spare = [i for w in range(workers) for i in owned[w][quota[w]:]]
+    shards = [owned[w][: quota[w]] for w in range(workers)]
+    for w in range(workers):
+        need = quota[w] - len(shards[w])
+        shards[w], spare = sorted(shards[w] + spare[:need]), spare[need:]
+    return shards
+
+
 def _copy_resumable(run_dir: Path, to: Path) -> None:
     """The files a run resumes from (state, stage weights, history, backups); the chief may be writing
     beside them, so its temporary files are skipped and a file that vanishes meanwhile is no error."""
@@ -321,17 +409,18 @@ def _copy_resumable(run_dir: Path, to: Path) -> None:
             continue
 
 
-def _task_of(strategy: Any) -> tuple[bool, str, int]:
-    """(chief?, task name, workers) from the strategy's cluster resolver; the chief is the `chief` task,
-    else worker 0 (TensorFlow's convention)."""
+def _task_of(strategy: Any) -> tuple[bool, str, int, int]:
+    """(chief?, task name, workers, input shard) from the strategy's cluster resolver; the chief is the
+    `chief` task, else worker 0 (TensorFlow's convention), and reads shard 0."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not resolver.task_type:
-        return True, "chief", 1
+        return True, "chief", 1, 0
     spec = resolver.cluster_spec().as_dict()
     workers = sum(len(spec.get(kind, [])) for kind in ("chief", "worker")) or 1
     kind, index = resolver.task_type, int(resolver.task_id or 0)
     chief = kind == "chief" or (kind == "worker" and index == 0 and "chief" not in spec)
-    return chief, f"{kind}{index}", workers
+    shard = 0 if kind == "chief" else index + (1 if "chief" in spec else 0)
+    return chief, f"{kind}{index}", workers, shard
 
 
 def _kind_of(strategy: Any) -> str:
@@ -354,8 +443,8 @@ def placed(runtime: Runtime) -> Iterator[Placement]:
     """The strategy and precision of one run; the dtype policy is restored and a worker's scratch removed after."""
     strategy = make_strategy(runtime)
     kind = _kind_of(strategy)
-    chief, task, workers = _task_of(strategy) if kind == "multi_worker" else (True, "chief", 1)
-    place = Placement(strategy, kind, runtime.precision, chief, task, workers)
+    chief, task, workers, index = _task_of(strategy) if kind == "multi_worker" else (True, "chief", 1, 0)
+    place = Placement(strategy, kind, runtime.precision, chief, task, workers, index=index)
     try:
         with precision(runtime.precision):
             yield place

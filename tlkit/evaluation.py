@@ -16,10 +16,13 @@ def evaluate(
     batch_size: int = 32,
     quiet: bool = True,
     unsafe: bool = False,
+    tta: bool = False,
 ) -> dict[str, Any]:
     """Metrics of a run directory or an export on a split of `data` (default: the run's own data).
 
-    `unsafe=True` lets a run's .keras file run Python code it carries (Lambda layers).
+    `unsafe=True` lets a run's .keras file run Python code it carries (Lambda layers). `tta=True` scores
+    the mean of each image's and its mirror image's probabilities (`tlkit.models.tta`; an export
+    with TTA inside already serves that mean); the metrics then carry `"tta": true`.
     """
     from tlkit.targets import resolve_target
 
@@ -27,6 +30,10 @@ def evaluate(
     recipe, labels, state = found.recipe(), found.labels(), found.task_state()
     task = get_task(recipe)
     fn = found.probability_fn(task.activation, unsafe=unsafe)
+    if tta and not found.meta().get("tta"):
+        from tlkit.models.tta import averaged
+
+        fn = averaged(fn, task.per_pixel)
     bundle = load_data(recipe, progress=not quiet, source=data)
     if bundle.class_names != labels:
         raise TlkitError(
@@ -36,5 +43,8 @@ def evaluate(
     split = split or ("test" if "test" in bundle.splits else "val" if "val" in bundle.splits else "train")
     if split not in bundle.splits:
         raise TlkitError(f"split '{split}' is not available; this data has: {', '.join(bundle.splits)}")
-    return {"split": split, **task.evaluate(fn, task.eval_pipeline(bundle, recipe, split, batch_size), labels, state)}
+    metrics = task.evaluate(fn, task.eval_pipeline(bundle, recipe, split, batch_size), labels, state)
+    if data is None:  # the run's own splits: its best checkpoint was picked on one of them
+        metrics = {"selected_on": "val" if task.monitor(recipe).startswith("val_") else "train", **metrics}
+    return {"split": split, **metrics, **({"tta": True} if tta or found.meta().get("tta") else {})}
 

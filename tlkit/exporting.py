@@ -10,9 +10,9 @@ pixels. The formats themselves live in `tlkit.formats`.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -20,26 +20,20 @@ from typing import Any, Iterator
 import keras
 import numpy as np
 
-from tlkit import runs
+from tlkit import model_folder, runs
 from tlkit.errors import TlkitError
-from tlkit.models.stages import input_size, load_run_model
+from tlkit.models.stages import input_size, load_keras_file, load_run_model
 from tlkit.recipe import Recipe
 from tlkit.tasks import get_task, load_data, load_recipe
 
 METADATA = runs.EXPORT_METADATA
 
 
-def _versions(out: Path) -> list[int]:
-    if not out.is_dir():
-        return []
-    return sorted(int(p.name) for p in out.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def export_of_run(run_dir: str | Path, recipe: Recipe) -> Path | None:
     """The SavedModel version folder already exported from `run_dir` (by its metadata), if any."""
     out = default_out(recipe, "savedmodel", "none", False)
     target = str(Path(run_dir).resolve())
-    for version in reversed(_versions(out)):
+    for version in reversed(model_folder.versions(out)):
         meta = out / str(version) / METADATA
         try:
             if runs.read_json(meta).get("run_dir") == target:
@@ -47,20 +41,6 @@ def export_of_run(run_dir: str | Path, recipe: Recipe) -> Path | None:
         except (OSError, ValueError):
             continue
     return None
-
-
-def _remove_stale_temporaries(out: Path) -> None:
-    """`.tmp-VERSION-PID` folders of exports that were killed (their process is gone)."""
-    for tmp in out.glob(".tmp-*-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            continue
 
 
 CHECK_IMAGES = 32  # images each export is verified on
@@ -88,6 +68,8 @@ def export_run(
     bundle: Any = None,
     unsafe: bool = False,
     bias_correction: bool = True,
+    tta: bool = False,
+    float_convs: int = 3,
 ) -> Path:
     """Write OUT/VERSION atomically, and only once the format's own engine agrees with the Keras model.
 
@@ -95,31 +77,40 @@ def export_run(
     none/float16/dynamic/int8, int8 calibrated on `calibration_images` images of
     the run's training data (`data` overrides the recipe's source; `bundle` is an
     already loaded `DataBundle`) and, unless `bias_correction=False`, with each
-    layer's bias corrected for the weight rounding (`tlkit.quantization`). A
+    layer's bias corrected for the weight rounding (`tlkit.quantization`) and, with
+    float input/output, the first `float_convs` convolutions kept in float (`tlkit.formats`). A
     failed conversion or verification leaves no partial version folder. `unsafe=True`
-    lets the run's .keras file run Python code it carries (Lambda layers). Returns the version folder.
+    lets the run's .keras file run Python code it carries (Lambda layers). `tta=True` (SavedModel) serves the
+    mean of each image's and its mirror image's probabilities (`tlkit.models.tta`), recorded in metadata.json.
+    Returns the version folder.
     """
     from tlkit import formats
 
     fmt = formats.get_format(format)
-    formats.check_options(fmt, quantize, integer_io)
+    formats.check_options(fmt, quantize, integer_io, tta)
     formats.require(fmt)
+    if float_convs < 0:
+        raise TlkitError(f"--float-convs must be 0 or more, got {float_convs}")
     if calibration_images < 1:
         raise TlkitError(f"--calibration-images must be at least 1, got {calibration_images}")
     job = _Export(runs.require_run_dir(run_dir), fmt, quantize, integer_io, quiet)
-    final = job.target(out, version)
-    job.prepare(data, bundle, unsafe, calibration_images, bias_correction)
-    out_dir = final.parent
-    out_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temporaries(out_dir)
-    with runs.atomic_folder(final) as tmp:  # a failure or a kill leaves no partial version folder
-        job.write(tmp)
+    job.tta = tta
+    out_dir = Path(out) if out is not None else default_out(job.recipe, fmt.name, quantize, integer_io)
+    # the version is claimed first, so exports running at the same time never pick the same number
+    with model_folder.claim_version(out_dir, version) as number:
+        final = out_dir / str(number)
+        job.version = str(number)
+        job.prepare(data, bundle, unsafe, calibration_images, bias_correction, float_convs)
+        with runs.atomic_folder(final) as tmp:  # a failure or a kill leaves no partial version folder
+            job.write(tmp)
     job.say(f"exported {fmt.name} to {final}" + (f"/{fmt.filename}" if fmt.filename else ""))
     return final
 
 
 class _Export:
     """One export of a run: where it goes, what it converts, and the steps that write and verify it."""
+
+    tta = False  # test-time flips inside the signatures
 
     def __init__(self, run_dir: Path, fmt: Any, quantize: str, integer_io: bool, quiet: bool) -> None:
         self.run_dir, self.fmt, self.quantize, self.integer_io, self.quiet = run_dir, fmt, quantize, integer_io, quiet
@@ -129,39 +120,61 @@ class _Export:
         self.size = input_size(self.recipe)
         state = run_dir / runs.TASK_STATE
         self.state = runs.read_json(state) if state.is_file() else {}
+        self.version = "1"  # set by export_run once the version is claimed
 
     def say(self, message: str) -> None:
         if not self.quiet:
             print(message, flush=True)
 
-    def target(self, out: str | Path | None, version: int | None) -> Path:
-        """OUT/VERSION: the next free version under the model folder unless one is given."""
-        out = Path(out) if out is not None else default_out(self.recipe, self.fmt.name, self.quantize, self.integer_io)
-        existing = _versions(out)
-        version = version if version is not None else (existing[-1] + 1 if existing else 1)
-        if version < 0:
-            raise TlkitError(f"export version must be a non-negative integer, got {version}")
-        final = out / str(version)
-        if final.exists():
-            raise TlkitError(f"{final} already exists: choose another --version (existing: {existing})")
-        return final
-
-    def prepare(self, data: str | None, bundle: Any, unsafe: bool, calibration_images: int, bias_correction: bool) -> None:
+    def prepare(
+        self, data: str | None, bundle: Any, unsafe: bool, calibration_images: int, bias_correction: bool, float_convs: int = 0
+    ) -> None:
         """Load the model and the data the checks need; fail before anything is written."""
         from tlkit import formats
 
-        self.model = load_run_model(self.run_dir, unsafe=unsafe)
-        self.output_name, self.inference = formats.inference_model(self.model, self.task.activation)
+        self.model, unfinished = self.load_model(unsafe)
         self.images = _ExportImages(self.recipe, self.task, data, bundle, self.size, self.quiet)
         int8 = self.quantize == "int8"
+        self.output_name, self.inference = formats.inference_model(self.model, self.task.activation)
         self.job = formats.ExportJob(
             model=self.model, inference=self.inference, output_name=self.output_name, labels=self.labels,
             size=self.size, task=self.task.name, state=self.state, quantize=self.quantize, integer_io=self.integer_io,
             calibration=(lambda: self.images.calibration(calibration_images)) if int8 else None,
-            bias_correction=bias_correction,
+            bias_correction=bias_correction, tta=self.tta, info=self.model_info(), float_convs=float_convs,
         )
+        self.job.notes.update(unfinished)
         if int8:
             self.images.require_data()
+
+    def load_model(self, unsafe: bool) -> tuple[Any, dict[str, Any]]:
+        """The run's best checkpoint; of a run still training (no metrics.json yet), the best one written so far."""
+        if (self.run_dir / runs.METRICS).is_file():
+            return load_run_model(self.run_dir, unsafe=unsafe), {}
+        best = self.run_dir / runs.BEST
+        if not best.is_file():
+            raise TlkitError(
+                f"{self.run_dir} has no {runs.BEST} yet: the run has not finished its first epoch (it is still "
+                "training, or stopped before); export again once an epoch has ended, or resume it with --resume"
+            )
+        epochs = len(runs.read_history(self.run_dir))
+        self.say(f"{self.run_dir} has not finished training: exporting its best checkpoint so far ({epochs} epoch(s) done)")
+        with tempfile.TemporaryDirectory() as tmp:  # a copy: a new best written meanwhile cannot change it mid-read
+            copy = Path(tmp) / runs.BEST
+            shutil.copyfile(best, copy)
+            model = load_keras_file(copy, unsafe=unsafe)
+        return model, {"training_finished": False, "epochs_done": epochs}
+
+    def model_info(self) -> Any:
+        """Name, description, version, author and licence for the formats that carry them (TFLite metadata)."""
+        from tlkit.tflite_metadata import ModelInfo
+
+        export = self.recipe.export
+        description = export.description or (
+            f"tlkit {self.task.name} model ({self.recipe.model.backbone} backbone, {self.size} px RGB input) "
+            f"of {len(self.labels)} labels: {', '.join(self.labels[:10])}{' ...' if len(self.labels) > 10 else ''}"
+        )
+        return ModelInfo(name=export.name or self.recipe.name, description=description,
+                         version=self.version, author=export.author, license=export.license)
 
     def write(self, tmp: Path) -> None:
         """Convert into `tmp`, verify with the format's engine, then labels, metadata and the model card."""
@@ -190,7 +203,7 @@ class _Export:
         if self.fmt.filename is None:  # the SavedModel runner reads metadata.json for its input size and output
             runs.write_json(tmp / METADATA, {"input_size": self.size, "output": self.output_name})
         runner = self.fmt.load(self.fmt.model_path(tmp))
-        expected = np.asarray(self.inference(check, training=False))
+        expected = np.asarray(self.expected(check))
         report = formats.compare(expected, runner(check), formats.TOLERANCES[self.quantize])
         report["source"] = check_source
         if not report["ok"]:
@@ -204,6 +217,15 @@ class _Export:
         )
         return {**report, "engine": self.fmt.engine}, runner
 
+    def expected(self, images: np.ndarray) -> Any:
+        """What the export must serve: the Keras model's probabilities (averaged over the TTA views with tta)."""
+        call = lambda x: self.inference(x, training=False)  # noqa: E731
+        if self.tta:
+            from tlkit.models.tta import averaged
+
+            call = averaged(call, self.task.per_pixel)
+        return call(images)
+
     def metadata(self, tmp: Path, seconds: float, report: dict[str, Any]) -> dict[str, Any]:
         metrics_path = self.run_dir / runs.METRICS
         metrics = runs.read_json(metrics_path) if metrics_path.is_file() else {}
@@ -215,6 +237,10 @@ class _Export:
         )
         if self.state:
             meta["task_state"] = self.state
+        if self.tta:
+            from tlkit.models.tta import describe
+
+            meta["tta"] = describe()
         if self.quantize == "int8":
             meta["calibration"] = {"images": self.images.calibrated, "split": "train"}
         if self.fmt.name != "savedmodel":

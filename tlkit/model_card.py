@@ -74,6 +74,17 @@ def _overview(meta: dict[str, Any]) -> str:
         )
     if meta.get("calibration"):
         lines.append(f"| int8 calibration | {meta['calibration']['images']} images of the training split |")
+    tfl = meta.get("tflite_metadata")
+    if tfl:
+        norm = tfl.get("input_normalization")
+        lines.append(
+            "| TFLite metadata | " + (
+                f"name, version {tfl.get('version')}, RGB input "
+                + (f"normalized with mean {norm['mean']} std {norm['std']} (raw 0-255 pixels)" if norm else "of raw uint8 pixels")
+                + f", {', '.join(tfl.get('associated_files', []))} packed in the file (MediaPipe Tasks reads them) |"
+                if tfl.get("written") else f"not written: {tfl.get('reason')} |"
+            )
+        )
     return "\n".join(lines)
 
 
@@ -105,9 +116,14 @@ def _input(meta: dict[str, Any]) -> str:
     out = meta.get("output", "probabilities")
     if fmt == "savedmodel":
         rows = "\n".join(f"| `{name}` | {spec} |" for name, spec in (meta.get("signatures") or {}).items())
+        tta = meta.get("tta")
+        averaged = (
+            f" The probabilities are the mean over test-time views ({', '.join(tta['views'])}): two forward passes per image."
+            if tta else ""
+        )
         return (
             "## Input and output\n\nThe model decodes, resizes (bilinear, antialiased) and normalizes by itself: "
-            "send raw pixels or encoded files.\n\n| signature | input -> outputs |\n|---|---|\n" + rows
+            f"send raw pixels or encoded files.{averaged}\n\n| signature | input -> outputs |\n|---|---|\n" + rows
         )
     tensors = meta.get("tensors") or {}
     inp = tensors.get("input") or {"name": "images", "dtype": "float32", "shape": [-1, size, size, 3]}
@@ -210,7 +226,43 @@ def _usage(meta: dict[str, Any], fmt: str) -> str:
         )
         lite = "### LiteRT\n\nThis is an ONNX file; for LiteRT export the run as TFLite: `tlkit export RUN_DIR --format tflite`.\n"
         return not_serving + "\n" + python + "\n" + lite
-    return not_serving + "\n### Python\n\nUse the LiteRT interpreter below (the same code runs on a desktop).\n\n" + _litert(meta, prep, show)
+    return (
+        not_serving + "\n### Python\n\nUse the LiteRT interpreter below (the same code runs on a desktop).\n\n"
+        + _litert(meta, prep, show) + _mediapipe(meta)
+    )
+
+
+def _mediapipe(meta: dict[str, Any]) -> str:
+    """MediaPipe Tasks reads the file's own metadata (labels, normalization): no pre- or post-processing to write."""
+    if not (meta.get("tflite_metadata") or {}).get("written"):
+        return ""
+    shape = ((meta.get("tensors") or {}).get("output") or {}).get("shape") or []
+    segmenter = len(shape) == 4  # [N, H, W, C]: a score per pixel; [N, C]: a score per image
+    task, options, call = (
+        ("ImageSegmenter", "output_category_mask=True", "segment(image).category_mask.numpy_view()  # label index per pixel")
+        if segmenter
+        else ("ImageClassifier", "max_results=3", "classify(image).classifications[0].categories  # category_name, score")
+    )
+    java = (
+        ("ImageSegmenter", "ImageSegmenterOptions", ".setOutputCategoryMask(true)", "segment(image).categoryMask().get()")
+        if segmenter
+        else ("ImageClassifier", "ImageClassifierOptions", ".setMaxResults(3)", "classify(image).classificationResult().classifications().get(0).categories()")
+    )
+    return (
+        "\n### MediaPipe Tasks (labels and normalization come from the file's TFLite metadata)\n\n"
+        "Python (`pip install mediapipe`):\n\n```python\nimport mediapipe as mp\n"
+        "from mediapipe.tasks.python import vision\nfrom mediapipe.tasks.python.core.base_options import BaseOptions\n"
+        f"options = vision.{task}Options(base_options=BaseOptions(model_asset_path='model.tflite'), {options})\n"
+        f"with vision.{task}.create_from_options(options) as model:\n"
+        "    image = mp.Image.create_from_file('photo.jpg')\n"
+        f"    result = model.{call}\n```\n\n"
+        "Android (`com.google.mediapipe:tasks-vision`, the file in `src/main/assets/`):\n\n```kotlin\n"
+        f"val options = {java[0]}.{java[1]}.builder()\n"
+        "    .setBaseOptions(BaseOptions.builder().setModelAssetPath(\"model.tflite\").build())\n"
+        f"    {java[2]}\n    .build()\n"
+        f"val model = {java[0]}.createFromOptions(context, options)\n"
+        f"val result = model.{java[3]}  // image: BitmapImageBuilder(bitmap).build()\n```\n"
+    )
 
 
 def _tf_serving(meta: dict[str, Any]) -> str:

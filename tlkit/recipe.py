@@ -19,6 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tlkit.errors import TlkitError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+QUICKSTART = "quickstart"  # no recipe, no data: the offline built-in run
+OWN_IMAGES = "own_images"  # no recipe, your data: the pretrained default made for it
+
+
+def default_recipe(data_source: Any = None) -> str:
+    """The shipped recipe a run without one uses: the quickstart, or with data of your own the own-images default.
+
+    The built-in data (`builtin:...`) keeps the quickstart, the recipe made for it.
+    """
+    if not data_source or str(data_source).strip().startswith("builtin:"):
+        return QUICKSTART
+    return OWN_IMAGES
 
 
 class Section(BaseModel):
@@ -114,16 +126,32 @@ class Model(Section):
         description="'imagenet', 'none' or a path to a Keras weights file (.h5/.weights.h5); "
         "default: the backbone's own (imagenet for pretrained backbones, none for scratch)",
     )
-    input_size: int | None = Field(None, gt=0, description="square input side in pixels; default: the backbone's")
+    input_size: Union[Literal["auto"], int, None] = Field(
+        None,
+        description="square input side in pixels; auto: from the backbone's sizes and the images' median short side "
+        "(tlkit.data.autosize); default: the backbone's",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="backbone constructor options, e.g. {alpha: 0.25}")
     blocks: list[ScratchBlock] = Field(default_factory=_default_blocks, description="from-scratch stack (backbone: scratch)")
+
+    @field_validator("input_size")
+    @classmethod
+    def _input_size(cls, value: Any) -> Any:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("input_size must be a positive number of pixels or 'auto'")
+        return value
 
 
 class Stage(Section):
     """One call to fit(): which layers train, with which optimizer and schedule."""
 
     name: str = "stage"
-    epochs: int = Field(5, gt=0)
+    epochs: Union[Literal["auto"], int] = Field(
+        5, description="passes over the training data; auto: `steps` optimizer steps, within [min_epochs, max_epochs]"
+    )
+    steps: int = Field(500, gt=0, description="epochs: auto: the optimizer steps this stage aims for, whatever the data size")
+    min_epochs: int = Field(1, gt=0, description="epochs: auto: at least this many passes (large data)")
+    max_epochs: int = Field(50, gt=0, description="epochs: auto: at most this many passes (small data)")
     unfreeze: Union[Literal["none", "all"], int] = Field(
         "all", description="backbone layers that train: none (head only), all, or the top N"
     )
@@ -137,6 +165,7 @@ class Stage(Section):
     weight_decay: float = Field(0.0, ge=0.0)
     schedule: Literal["constant", "cosine", "step", "plateau"] = "constant"
     warmup_epochs: float = Field(0.0, ge=0.0)
+    warmup_steps: int | None = Field(None, ge=0, description="warm-up in optimizer steps (replaces warmup_epochs when set)")
     step_every: int = Field(3, gt=0, description="step schedule: epochs between decays")
     step_factor: float = Field(0.1, gt=0.0, le=1.0, description="step/plateau: multiply the rate by this")
     plateau_patience: int = Field(2, gt=0)
@@ -148,6 +177,19 @@ class Stage(Section):
         if isinstance(value, int) and value < 0:
             raise ValueError("unfreeze must be 'none', 'all' or a non-negative number of layers")
         return value
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, value: Any) -> Any:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError("epochs must be a positive number or 'auto'")
+        return value
+
+    @model_validator(mode="after")
+    def _epoch_range(self) -> "Stage":
+        if self.min_epochs > self.max_epochs:
+            raise ValueError("min_epochs must not exceed max_epochs")
+        return self
 
 
 class EarlyStopping(Section):
@@ -169,6 +211,13 @@ class Train(Section):
         True,
         description="a stage with unfreeze: none trains the head on backbone features computed once per image",
     )
+    adapt_batchnorm: int = Field(
+        0,
+        ge=0,
+        description="before the first stage, re-estimate the backbone's BatchNorm statistics on up to this many "
+        "training batches (AdaBN), so a later stage that trains BatchNorm does not shift the features the head "
+        "learned; 0: keep the pretrained statistics",
+    )
     feature_views: int = Field(
         1, gt=0, description="with cache_features: 1 = the plain image only; N = it plus N-1 augmented views per image"
     )
@@ -182,6 +231,9 @@ class Export(Section):
     enabled: bool = Field(True, description="export a SavedModel at the end of finetune")
     dir: str = Field("saved_models", description="exports go to DIR/NAME/VERSION")
     name: str | None = Field(None, description="default: the recipe's name")
+    description: str | None = Field(None, description="model description in TFLite metadata and the model card; default: task, backbone and labels")
+    author: str | None = Field(None, description="author written into TFLite metadata")
+    license: str | None = Field(None, description="licence written into TFLite metadata, e.g. Apache-2.0")
 
 
 class Runtime(Section):
@@ -400,8 +452,9 @@ def read_recipe_data(
     needs the task's recipe class, which the task registry (`tlkit.tasks.load_recipe`) supplies.
     """
     origin = "python"
+    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     if source is None:
-        source = "quickstart"
+        source = default_recipe(dict(items).get("data.source"))
     if isinstance(source, Recipe):
         data = source.to_dict()
     elif isinstance(source, dict):
@@ -417,7 +470,6 @@ def read_recipe_data(
             raise TlkitError(f"recipe {path} must be a mapping of sections (data, model, train, export)")
         data.setdefault("name", path.stem)
         _resolve_relative_source(data, path.parent)
-    items = list(overrides.items()) if isinstance(overrides, dict) else [parse_override(o) for o in overrides or []]
     return data, items, origin
 
 

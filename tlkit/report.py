@@ -196,6 +196,9 @@ def render_index(ctx: ReportContext, figures: list[Figure]) -> str:
         "<h2>Metrics</h2>",
         f'<div class="cards">{cards}</div>',
     ]
+    note = runs.selection_note(m)
+    if note:
+        parts.append(f'<p class="sub">{html.escape(note)}</p>')
     per_class = m.get("per_class") or {}
     if per_class:
         columns = list(next(iter(per_class.values())).keys())

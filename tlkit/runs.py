@@ -36,6 +36,17 @@ EXPORT_METADATA = "metadata.json"  # beside every export: what the model is, its
 TASK_STATE = "task_state.json"  # what a task fitted after training (e.g. thresholds), read by evaluate/export
 
 
+def selection_note(metrics: dict[str, Any]) -> str | None:
+    """A warning when the split that picked the best checkpoint (`selected_on`) is also the one reported."""
+    split = metrics.get("split")
+    if not split or metrics.get("selected_on") != split:
+        return None
+    return (
+        f"note: the {split} split also picked the best epoch, so this figure is optimistic; "
+        "hold out a test split (data.test_fraction) for an unbiased one"
+    )
+
+
 def is_disk_full(exc: BaseException) -> bool:
     """ENOSPC (or a quota) from Python, h5py or TensorFlow's file layer, which each say it differently.
 

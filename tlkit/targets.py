@@ -90,7 +90,15 @@ class Target:
             return load_keras_file(self.path, unsafe=unsafe)
         raise TlkitError(f"{self.source} ({KINDS[self.kind]}) is not a Keras model")
 
-    def runner(self) -> Any:
+    def runner(self, unsafe: bool = False) -> Any:
+        """The export on its own engine (`tlkit.formats.Runner`), or a run's Keras model served the same way."""
+        if self.kind == "run":
+            from tlkit.formats import KerasRunner
+            from tlkit.models.stages import input_size
+            from tlkit.tasks import get_task
+
+            recipe = self.recipe()
+            return KerasRunner(self.probability_fn(get_task(recipe).activation, unsafe=unsafe), input_size(recipe))
         from tlkit.formats import require
 
         require(self.fmt)

@@ -15,6 +15,7 @@ import statistics
 from typing import Iterable, NamedTuple, Sequence
 
 STEP = 32  # stride-32 networks: a multiple of 32 keeps every feature map whole
+FINE_STEP = 8  # below one stride step (from-scratch stacks take 8-31 px)
 MAX_UPSAMPLE = 1.15  # at most 15% above the images' own size (rounding up 120 -> 128 is fine, 64 -> 96 is not)
 
 
@@ -32,13 +33,15 @@ def median_short_side(image_sizes: Iterable[tuple[int, int]]) -> int | None:
 
 
 def candidate_sizes(native: int, min_size: int, supported: Sequence[int] | None = None, step: int = STEP) -> list[int]:
-    """The sizes to choose from: `supported` when the backbone lists them, else multiples of `step` up to native."""
+    """The sizes to choose from: `supported` when the backbone lists them, else multiples of `step` up to native
+    (and of 8 below `step`, for backbones that take such small inputs)."""
     if supported:
         sizes = sorted({int(s) for s in supported if min_size <= int(s) <= native})
         if sizes:
             return sizes
+    fine = [s for s in range(FINE_STEP, step, FINE_STEP) if min_size <= s <= native]  # tiny images, tiny networks
     first = max(step, -(-min_size // step) * step)
-    sizes = list(range(first, native + 1, step))
+    sizes = fine + list(range(first, native + 1, step))
     if not sizes or sizes[-1] != native:
         sizes.append(native)
     return sorted(set(s for s in sizes if s >= min_size)) or [max(native, min_size)]

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from tlkit.data.decode import decode_image, is_url
 from tlkit.errors import TlkitError
 
 SPLITS = ("train", "val", "test")
@@ -38,6 +39,9 @@ class SplitData:
     paths: list[str] | None = None
     items: tuple[Any, ...] | None = None  # per-example inputs of `read`, e.g. (paths,) or (images, masks)
     read: Callable[..., Any] | None = None
+    #: the stream is (decoded `paths[i]`, `labels[i]`): a pipeline may decode the files itself, straight at its
+    #: size (tlkit.data.pipeline.image_stream), and a worker may take its shard of the files (`shard`)
+    image_files: bool = False
 
     @property
     def size(self) -> int:
@@ -49,6 +53,8 @@ class SplitData:
         if self.items is not None and self.read is not None:
             items = tuple([column[i] for i in idx] for column in self.items)
             paths = [self.paths[i] for i in idx] if self.paths is not None else None
+            if self.image_files and paths is not None:
+                return image_file_split(paths, self.labels[idx])
             return file_split(items, self.labels[idx], self.read, paths)
         # no files (TFDS): keep the chosen ones among the first images, so the rest is never decoded
         limit = int(idx.max()) + 1 if len(idx) else 0
@@ -103,6 +109,19 @@ def file_split(
     return SplitData(ds, labels, paths, tuple(list(c) for c in items), read)
 
 
+def image_file_split(paths: list[str], labels: np.ndarray) -> SplitData:
+    """Image files with one target row each (a class index, a multi-hot row): what class folders and CSVs give."""
+    files = tf.constant([_tensor_item(p) for p in paths], tf.string)  # typed: a worker's shard may be empty
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels)))
+    ds = ds.map(read_image_target, num_parallel_calls=tf.data.AUTOTUNE)
+    return SplitData(ds, labels, list(paths), (list(paths), list(labels)), read_image_target, image_files=True)
+
+
+def read_image_target(path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    """One example of an `image_file_split`: the decoded image at its own size, and its target."""
+    return decode_image(tf.io.read_file(path)), target
+
+
 def _tensor_item(value: Any) -> Any:
     # bytes, not str: a file name that is not valid UTF-8 arrives as str with surrogates,
     # which TF cannot turn into a string tensor; os.fsencode gives back its exact bytes.
@@ -129,25 +148,45 @@ def stratified_split(
     return {k: sorted(v) for k, v in out.items()}
 
 
-def split_folders(folder: Path, inner: str = "") -> dict[str, Path]:
+def split_folders(folder: Path | str, inner: str = "") -> dict[str, Path | str]:
     """`train/`, `val/` (or `valid/`, `validation/`), `test/` under `folder` (each holding `inner`, if given)."""
-    found = {}
+    found: dict[str, Path | str] = {}
     for split, names in SPLIT_DIRS.items():
         for name in names:
-            if (folder / name / inner).is_dir():
-                found[split] = folder / name
+            if is_folder(os.path.join(os.fspath(folder), name, inner)):
+                found[split] = folder / name if isinstance(folder, Path) else os.path.join(folder, name)
     return found
 
 
-def list_files(folder: Path, extensions: set[str] | frozenset[str]) -> list[str]:
+def is_folder(path: Any) -> bool:
+    return tf.io.gfile.isdir(os.fspath(path)) if is_url(path) else os.path.isdir(path)
+
+
+def exists(path: Any) -> bool:
+    return tf.io.gfile.exists(os.fspath(path)) if is_url(path) else os.path.exists(path)
+
+
+def subfolders(folder: Any) -> list[str]:
+    """Names of the visible folders directly under `folder`, sorted."""
+    if is_url(folder):
+        names = [n.rstrip("/") for n in tf.io.gfile.listdir(os.fspath(folder))]
+        return sorted(n for n in names if not n.startswith(".") and is_folder(os.path.join(os.fspath(folder), n)))
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def list_files(folder: Path | str, extensions: set[str] | frozenset[str]) -> list[str]:
     """Files under a folder by extension, nested folders included, hidden ones and links to folders not."""
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=False):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+    return list(walk_files(folder, extensions))
+
+
+def walk_files(folder: Path | str, extensions: set[str] | frozenset[str]) -> Iterator[str]:
+    """`list_files` one at a time, in the same sorted order: memory stays flat however many files there are."""
+    walk = tf.io.gfile.walk(os.fspath(folder)) if is_url(folder) else os.walk(folder, followlinks=False)
+    for root, dirs, files in walk:
+        dirs[:] = sorted(d.rstrip("/") for d in dirs if not d.startswith("."))
         for f in sorted(files):
             if not f.startswith(".") and os.path.splitext(f)[1].lower() in extensions:
-                found.append(os.path.join(root, f))
-    return found
+                yield os.path.join(root, f)
 
 
 def fail_on_bad(bad: list[tuple[str, str]], policy: str, what: str = "file(s) are not decodable images") -> None:

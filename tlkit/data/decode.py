@@ -61,9 +61,18 @@ from tlkit.errors import TlkitError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_DECODE_PIXELS",
+    "check_file",
     "check_image_bytes",
+    "check_decodes",
+    "decode_for_size",
+    "decode_resized",
     "decode_image",
     "decode_image_file",
+    "is_url",
+    "jpeg_ratio",
+    "original_size",
+    "resize_image",
+    "to_model_size",
     "scan_files",
 ]
 
@@ -136,19 +145,44 @@ def _header_dims(h: tf.Tensor) -> tf.Tensor:
     return dims
 
 
-def _decode_jpeg(contents: tf.Tensor) -> tf.Tensor:
-    """A JPEG at the largest of full, 1/2, 1/4, 1/8 scale that fits MAX_DECODE_PIXELS."""
+def jpeg_ratio(height: tf.Tensor, width: tf.Tensor, min_size: tf.Tensor | int | None = None) -> tf.Tensor:
+    """The DCT scale (1, 2, 4 or 8) a JPEG of this size is decoded at.
+
+    The largest scale that fits MAX_DECODE_PIXELS, or, given ``min_size``, the
+    smallest decoded size whose both sides still cover ``min_size`` (then a later
+    resize only shrinks): libjpeg skips most of the inverse DCT at 1/8 scale, so a
+    1024x768 photo for a 224-pixel model costs half a full decode, for a 64-pixel
+    one about a third.
+    """
+    height, width = tf.cast(height, tf.int64), tf.cast(width, tf.int64)
+    pixels = height * width
+    ratio = tf.constant(_JPEG_RATIOS[-1], tf.int64)
+    for r in reversed(_JPEG_RATIOS[:-1]):  # the smallest ratio that fits the bound
+        ratio = tf.where(pixels <= MAX_DECODE_PIXELS * r * r, tf.constant(r, tf.int64), ratio)
+    if min_size is not None:
+        side = tf.cast(min_size, tf.int64)
+        cover = tf.constant(1, tf.int64)
+        for r in _JPEG_RATIOS[1:]:  # the largest ratio whose scaled sides (rounded up) still cover min_size
+            fits = tf.logical_and((height + r - 1) // r >= side, (width + r - 1) // r >= side)
+            cover = tf.where(fits, tf.constant(r, tf.int64), cover)
+        ratio = tf.maximum(ratio, cover)
+    return ratio
+
+
+def _decode_jpeg(contents: tf.Tensor, min_size: tf.Tensor | int | None = None) -> tf.Tensor:
+    """A JPEG at the scale :func:`jpeg_ratio` picks (header read first, so the bound holds before decoding)."""
     shape = tf.cast(tf.image.extract_jpeg_shape(contents), tf.int64)  # header only
     pixels = shape[0] * shape[1]
     check = tf.debugging.Assert(
         pixels <= MAX_DECODE_PIXELS * _JPEG_RATIOS[-1] ** 2, ["image too large", shape[1], shape[0]]
     )
+    ratio = jpeg_ratio(shape[0], shape[1], min_size)
 
-    def at(ratio: int):
-        return lambda: tf.io.decode_jpeg(contents, channels=3, ratio=ratio)
+    def at(r: int):
+        return lambda: tf.io.decode_jpeg(contents, channels=3, ratio=r)
 
     with tf.control_dependencies([check]):
-        branches = [(pixels <= MAX_DECODE_PIXELS * r * r, at(r)) for r in _JPEG_RATIOS[:-1]]
+        branches = [(tf.equal(ratio, r), at(r)) for r in _JPEG_RATIOS[:-1]]
         return tf.identity(tf.case(branches, default=at(_JPEG_RATIOS[-1])))
 
 
@@ -213,8 +247,12 @@ def _decode_webp(contents: tf.Tensor, h: tf.Tensor) -> tf.Tensor:
     )
 
 
-def decode_image(contents: tf.Tensor) -> tf.Tensor:
+def decode_image(contents: tf.Tensor, min_size: tf.Tensor | int | None = None) -> tf.Tensor:
     """Decode one encoded image (scalar string tensor) to RGB uint8 ``[H, W, 3]``.
+
+    With ``min_size`` a JPEG is decoded at the smallest DCT scale whose sides
+    still cover ``min_size`` (:func:`jpeg_ratio`): for a pipeline that resizes to
+    that size next. Other formats decode at full size either way.
 
     The format is recognised from the bytes, not the file name, so mislabelled
     files work. Safe in graph mode (``tf.data.Dataset.map``, ``tf.function``);
@@ -235,7 +273,7 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
     with tf.control_dependencies([fits]):
         img = tf.cond(
             is_jpeg,
-            lambda: _decode_jpeg(contents),
+            lambda: _decode_jpeg(contents, min_size),
             lambda: tf.cond(
                 is_png16,
                 lambda: _decode_png16(contents),
@@ -253,6 +291,35 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(img, [None, None, 3])
 
 
+def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
+    """The one resize used in training, evaluation and the export: bilinear, antialiased, float32 out."""
+    return tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear", antialias=True)
+
+
+def decode_resized(contents: tf.Tensor, size: int) -> tf.Tensor:
+    """Encoded bytes -> uint8 ``[size, size, 3]``: what the training cache holds, decoded once at the cheapest
+    JPEG scale that covers ``size`` and resized once; an image without pixels raises here, not later."""
+    return decode_for_size(contents, size)[0]
+
+
+def to_model_size(image: tf.Tensor, size: int) -> tf.Tensor:
+    """A decoded image -> uint8 ``[size, size, 3]`` (rounded, as the cache keeps it)."""
+    shape = tf.shape(image)
+    check = tf.debugging.Assert(shape[0] * shape[1] > 0, ["image has no pixels", shape[1], shape[0]])
+    with tf.control_dependencies([check]):
+        return tf.cast(tf.round(resize_image(image, size)), tf.uint8)
+
+
+def original_size(contents: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+    """[height, width] of the stored image (a JPEG's from its header: ``image`` may be DCT-scaled)."""
+    h = _header(contents)
+    return tf.cond(
+        _starts(h, b"\xff\xd8\xff"),
+        lambda: tf.cast(tf.image.extract_jpeg_shape(contents)[:2], tf.int64),
+        lambda: tf.cast(tf.shape(image)[:2], tf.int64),
+    )
+
+
 _decode_graph_lock = threading.Lock()
 _decode_graph: tf.types.experimental.GenericFunction | None = None
 
@@ -268,6 +335,45 @@ def _compiled_decode() -> tf.types.experimental.GenericFunction:
             fn.get_concrete_function()  # trace now: a tracing bug must raise, not look like a bad file
             _decode_graph = fn
         return _decode_graph
+
+
+_graphs: dict[str, tf.types.experimental.GenericFunction] = {}
+
+
+def _graph(name: str, fn, signature: list[tf.TensorSpec]) -> tf.types.experimental.GenericFunction:
+    with _decode_graph_lock:
+        if name not in _graphs:
+            _graphs[name] = tf.function(fn, input_signature=signature, autograph=False)
+        return _graphs[name]
+
+
+def decode_for_size(contents: tf.Tensor, size: tf.Tensor | int) -> tuple[tf.Tensor, tf.Tensor]:
+    """(uint8 ``[size, size, 3]``, stored ``[height, width]``) from encoded bytes, through one graph traced
+    once per process (every tf.data pipeline that calls it reuses it instead of tracing the decoder again)."""
+    fn = _graph("sized", _decode_for_size, [tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)])
+    image, hw = fn(contents, tf.cast(size, tf.int32))
+    if isinstance(size, int):
+        image = tf.ensure_shape(image, [size, size, 3])
+    return image, hw
+
+
+def _decode_for_size(contents: tf.Tensor, size: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    image = decode_image(contents, min_size=size)
+    return to_model_size(image, size), original_size(contents, image)
+
+
+def check_decodes(contents: tf.Tensor) -> tf.Tensor:
+    """[height, width] of an image that decodes (at the cheapest JPEG scale: every byte is still read), else
+    raises as :func:`decode_image` does; one graph traced once per process."""
+    return _graph("check", _check_decodes, [tf.TensorSpec([], tf.string)])(contents)
+
+
+def _check_decodes(contents: tf.Tensor) -> tf.Tensor:
+    image = decode_image(contents, min_size=1)
+    hw = original_size(contents, image)
+    check = tf.debugging.Assert(hw[0] * hw[1] > 0, ["image has no pixels"])
+    with tf.control_dependencies([check]):
+        return tf.identity(hw)
 
 
 # ------------------------------------------------------------------------ diagnostics
@@ -421,14 +527,38 @@ def decode_image_file(path: str | os.PathLike[str]) -> tf.Tensor:
     reason when the file cannot be read or decoded.
     """
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise TlkitError(f"{os.fspath(path)}: cannot read file ({err.strerror or err})") from None
+        if is_url(path):
+            data = _read_url(os.fspath(path))
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except (OSError, tf.errors.OpError) as err:
+        raise TlkitError(f"{os.fspath(path)}: cannot read file ({getattr(err, 'strerror', None) or _clean_tf_message(err)})") from None
     img, reason = _try_decode(data)
     if img is None:
         raise TlkitError(f"{os.fspath(path)}: {reason}")
     return img
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """A path with a scheme (gs://, s3://, ram://, ...): read through ``tf.io.gfile``, not the local OS."""
+    return "://" in os.fspath(path)
+
+
+def _read_url(path: str) -> bytes:
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def check_file(path: str) -> str | None:
+    """``None`` if the file at ``path`` (local or a ``tf.io.gfile`` URL) is a usable image, else why not."""
+    if is_url(path):
+        try:
+            data = _read_url(path)
+        except (tf.errors.OpError, OSError) as err:
+            return f"cannot read file ({_clean_tf_message(err)})"
+        return check_image_bytes(data)
+    return _check_file(path)
 
 
 def _check_file(path: str) -> str | None:
@@ -468,11 +598,11 @@ def scan_files(
     def run(update) -> None:
         if workers == 1:
             for i, p in enumerate(str_paths):
-                reasons[i] = _check_file(p)
+                reasons[i] = check_file(p)
                 update(1)
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tlkit-scan") as pool:
-            futures = {pool.submit(_check_file, p): i for i, p in enumerate(str_paths)}
+            futures = {pool.submit(check_file, p): i for i, p in enumerate(str_paths)}
             for fut in as_completed(futures):
                 reasons[futures[fut]] = fut.result()
                 update(1)

@@ -7,6 +7,7 @@ exported model see exactly the same preprocessing.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +15,12 @@ import keras
 import tensorflow as tf
 
 from tlkit.data.bundle import SplitData
+from tlkit.data.decode import decode_resized, resize_image
+from tlkit.data.scan import kept_images
 from tlkit.recipe import Augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 CACHE_BUDGET_BYTES = 2 * 1024**3  # decoded + resized uint8 images kept in memory up to this size
-
-
-def resize_image(image: tf.Tensor, size: int) -> tf.Tensor:
-    """The one resize used in training, evaluation and the export: bilinear, antialiased, float32 out."""
-    return tf.image.resize(tf.cast(image, tf.float32), (size, size), method="bilinear", antialias=True)
 
 
 class PixelNoise(keras.layers.Layer):
@@ -74,12 +72,42 @@ def cached_images(
     Cached after the first pass: in memory up to CACHE_BUDGET_BYTES, beyond that in
     files under `cache_dir` (if given). Pipelines built on the same object share the
     cache, so the plain and the augmented view of a split decode each image once.
+    Image files are decoded straight at the size (`image_stream`).
     """
+    nbytes = split.size * image_size * image_size * 3
+    if split.image_files and split.paths is not None:
+        ds, kept = image_stream(split.paths, split.labels, image_size)
+        if kept and nbytes > CACHE_BUDGET_BYTES:
+            return ds  # the scan's decoded copies are already the on-disk cache
+        return cache_dataset(ds, nbytes, cache, cache_dir, f"images_{image_size}")
     ds = split.dataset.map(
         lambda image, label: (tf.cast(tf.round(resize_image(image, image_size)), tf.uint8), label),
         num_parallel_calls=AUTOTUNE,
     )
-    return cache_dataset(ds, split.size * image_size * image_size * 3, cache, cache_dir, f"images_{image_size}")
+    return cache_dataset(ds, nbytes, cache, cache_dir, f"images_{image_size}")
+
+
+def image_stream(paths: list[str], targets: Any, size: int) -> tuple[tf.data.Dataset, bool]:
+    """((uint8 image at `size`, target) of image files, whether it reads the scan's decoded copies).
+
+    The copies this run's scan kept (tlkit.data.scan) when it made them for every file, else each file
+    decoded now at the cheapest JPEG scale that covers `size` (`decode_resized`).
+    """
+    kept = kept_images(paths, size)
+    if kept is not None:
+        files = tf.constant([os.fsencode(f) for f in kept])
+
+        def load(file: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            image = tf.io.parse_tensor(tf.io.read_file(file), tf.uint8)
+            return tf.ensure_shape(image, [size, size, 3]), target
+    else:
+        files = tf.constant([os.fsencode(p) for p in paths])
+
+        def load(file: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            return decode_resized(tf.io.read_file(file), size), target
+
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(targets)))
+    return ds.map(load, num_parallel_calls=AUTOTUNE), kept is not None
 
 
 def cache_dataset(ds: tf.data.Dataset, nbytes: int, cache: bool, cache_dir: str | Path | None, name: str) -> tf.data.Dataset:
@@ -120,7 +148,7 @@ def make_pipeline(
         encode = one_hot(encode)
     ds = images if images is not None else cached_images(split, image_size, cache=cache, cache_dir=cache_dir)
     if training:
-        ds = ds.shuffle(min(split.size, 10_000), seed=seed, reshuffle_each_iteration=True)
+        ds = ds.shuffle(max(1, min(split.size, 10_000)), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
     ds = ds.map(
         lambda image, label: (tf.cast(image, tf.float32), encode(label)),

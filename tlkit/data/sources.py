@@ -44,6 +44,8 @@ def _load(data: Any, seed: int, task: Any, progress: bool) -> DataBundle:
     """A plain path is the task's folder layout; `prefix:REST` goes to the registered source."""
     source = data.source.strip()
     prefix, sep, rest = source.partition(":")
+    if rest.startswith("//"):  # a URL (gs://, s3://, ram://): a folder read through tf.io.gfile
+        return task.folder(source, data, seed, progress)
     if sep and prefix in SOURCES:
         return SOURCES[prefix](rest, data, seed, task, progress)
     if sep and len(prefix) > 1 and not Path(source).exists():

@@ -47,16 +47,31 @@ import os
 import re
 import socket
 import urllib.error
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
-
-import keras
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Sequence
 
 from tlkit.errors import TlkitError
 from tlkit.models import scratch
 
-A = keras.applications
+if TYPE_CHECKING:
+    import keras
+
+
+class _Applications:
+    """`A.MobileNet` is a constructor that imports keras.applications only when called: listing entries needs no TensorFlow."""
+
+    def __getattr__(self, name: str) -> Callable[..., "keras.Model"]:
+        def construct(**kwargs: Any) -> "keras.Model":
+            import keras
+
+            return getattr(keras.applications, name)(**kwargs)
+
+        construct.__name__ = construct.__qualname__ = name
+        return construct
+
+
+A = _Applications()
 
 WEIGHT_KEYWORDS = ("imagenet", "none")
 DOWNLOAD_TIMEOUT_S = 60.0  # per socket operation: a dead network fails instead of hanging
@@ -79,6 +94,8 @@ def build_applications(
 
     `weights` is 'none', 'imagenet' or an expanded file path (build_backbone resolved it).
     """
+    import keras
+
     kwargs: dict[str, Any] = dict(spec.fixed)
     kwargs.update(options)
     # No `name=`: EfficientNetV2 looks its block layout up by that name and breaks on any other.
@@ -106,7 +123,7 @@ def check_min_size(
         raise TlkitError(f"{spec.name} needs input_size >= {spec.min_size}, got {input_size} (set model.input_size)")
 
 
-BuildFn = Callable[["BackboneSpec", int, str, Mapping[str, Any], "Sequence[Any] | None"], keras.Model]
+BuildFn = Callable[["BackboneSpec", int, str, Mapping[str, Any], "Sequence[Any] | None"], "keras.Model"]
 SkipsFn = Callable[["BackboneSpec", "Sequence[Any] | None"], Sequence[tuple[str, int]]]
 CheckFn = Callable[["BackboneSpec", int, Mapping[str, Any], str, "Sequence[Any] | None"], None]
 
@@ -118,7 +135,7 @@ class BackboneSpec:
     """What tlkit needs to know about a backbone (see the module docstring for hooks and skip layers)."""
 
     name: str  # registry key, lowercase: "mobilenet", "mobilenet_v2", "efficientnet_b0", ...
-    constructor: Callable[..., keras.Model] | None  # e.g. keras.applications.MobileNet (used by build_applications)
+    constructor: Callable[..., "keras.Model"] | None  # e.g. keras.applications.MobileNet (used by build_applications)
     preprocess: str  # a tlkit.models.preprocess.Preprocess mode
     default_size: int
     min_size: int  # smallest input the architecture accepts (scratch: with its default blocks)
@@ -132,6 +149,7 @@ class BackboneSpec:
     pretrained: bool = True  # 'imagenet' weights exist (else model.weights: imagenet is refused)
     configured_by: str = "model.options"  # the recipe field that shapes this network (errors name it)
     no_skips_reason: str = _NO_SKIPS  # can_feed_decoder's answer when the entry has no skips ({name} filled in)
+    params: int | None = None  # parameters at default_size, default options and blocks, no head: `tlkit backbones` prints it unbuilt
     build: BuildFn = build_applications  # (spec, input_size, weights, options, blocks) -> keras.Model
     skips: SkipsFn = named_skips  # (spec, blocks) -> ((ref, stride), ...), shallow first
     check: CheckFn = check_min_size  # (spec, input_size, options, weights, blocks) -> None or TlkitError
@@ -189,6 +207,27 @@ _EFFICIENTNET_SKIPS = (
     "block4a_expand_activation",
     "block6a_expand_activation",
 )
+
+#: `BackboneSpec.params` of the entries below (`count_params`; tests/test_backbones.py checks each against its build)
+PARAMS = {
+    "scratch": 93_920,
+    "mobilenet": 3_228_864,
+    "mobilenet_v2": 2_257_984,
+    "mobilenet_v3_small": 939_120,
+    "mobilenet_v3_large": 2_996_352,
+    "efficientnet_b0": 4_049_571,
+    "efficientnet_b1": 6_575_239,
+    "efficientnet_b2": 7_768_569,
+    "efficientnet_b3": 10_783_535,
+    "efficientnet_v2_b0": 5_919_312,
+    "efficientnet_v2_b1": 6_931_124,
+    "resnet50": 23_587_712,
+    "resnet50_v2": 23_564_800,
+    "convnext_tiny": 27_820_128,
+    "densenet121": 7_037_504,
+    "xception": 20_861_480,
+    "inception_v3": 21_802_784,
+}
 
 for _spec in (
     # the from-scratch stack: built, checked and tapped from model.blocks (tlkit.models.scratch)
@@ -276,7 +315,7 @@ for _spec in (
         aligned=False,
     ),
 ):
-    register_backbone(_spec)
+    register_backbone(replace(_spec, params=PARAMS.get(_spec.name)))
 
 
 # ----------------------------------------------------------------------------- weights, checks, building
@@ -385,6 +424,8 @@ def build_backbone(
         if kind == "imagenet" and previous_timeout is None:
             socket.setdefaulttimeout(previous_timeout)
     if model.name != "backbone":  # a hook that named its model otherwise: same layers, the name stages look for
+        import keras
+
         model = keras.Model(model.input, model.output, name="backbone")
     return model
 
@@ -427,8 +468,9 @@ def _build_error(
         source = f" from {url}" if url else ""
         return TlkitError(
             f"could not download the ImageNet weights of {spec.name}: {filename}{source} ({reason}). "
-            f"Download it on a machine with network and set `model.weights: PATH` "
-            f"(or put it in {keras_models_dir()}/), or use `model.weights: none`"
+            f"Either fetch {filename} where there is a network and pass `--weights PATH` (model.weights: PATH; "
+            f"or put it in {keras_models_dir()}/), or train without pretrained weights: `--backbone scratch` "
+            f"(or `model.weights: none` to keep {spec.name} untrained)"
         )
     if kind == "path":
         settings = spec.configured_by + (f" (e.g. {spec.options[0]})" if spec.options else "")

@@ -43,6 +43,13 @@ def activate(logits: Any, activation: str) -> Any:
     return ops.softmax(logits, axis=-1) if activation == "softmax" else ops.sigmoid(logits)
 
 
+def serving_probabilities(model: keras.Model, activation: str, probabilities: Callable[[Any], Any] | None = None) -> Callable[[Any], Any]:
+    """What a serving signature computes from images at the model's size: `probabilities` if given, else the model's."""
+    if probabilities is not None:
+        return probabilities
+    return lambda images: activate(model(images, training=False), activation)
+
+
 def probabilities_model(model: keras.Model, activation: str) -> keras.Model:
     """The same weights with probabilities out: softmax over the last axis, or one sigmoid per class."""
     if activation not in ACTIVATIONS:

@@ -24,11 +24,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
-import keras
-
 from tlkit.errors import TlkitError
 
 if TYPE_CHECKING:
+    import keras
+
     from tlkit.recipe import ScratchBlock
 
 
@@ -103,15 +103,19 @@ def block_sizes(blocks: Sequence[Any], input_size: int) -> list[tuple[int, int]]
     return sizes
 
 
-def _activation(kind: str, name: str) -> keras.layers.Layer:
+def _activation(kind: str, name: str) -> "keras.layers.Layer":
     """One layer per activation; leaky_relu uses slope 0.1 (Keras' 0.3 default is steep for CNNs)."""
+    import keras
+
     if kind == "leaky_relu":
         return keras.layers.LeakyReLU(negative_slope=0.1, name=name)
     return keras.layers.Activation(kind, name=name)
 
 
-def build_scratch(blocks: Sequence[ScratchBlock], input_size: int, name: str = "backbone") -> keras.Model:
+def build_scratch(blocks: Sequence[ScratchBlock], input_size: int, name: str = "backbone") -> "keras.Model":
     """A randomly initialised CNN from recipe blocks; output is the last block's feature map (no pooling)."""
+    import keras  # here, not at the top: the backbone registry lists its entries without TensorFlow
+
     blocks = _as_blocks(blocks)
     block_sizes(blocks, input_size)
     inputs = keras.Input((input_size, input_size, 3), name="scratch_input")
@@ -186,7 +190,7 @@ def default_blocks() -> list[Any]:
 
 def scratch_build(
     spec: Any, input_size: int, weights: str, options: Mapping[str, Any], blocks: Sequence[Any] | None
-) -> keras.Model:
+) -> "keras.Model":
     """The `scratch` entry's builder: the blocks (default ones if None), then a weights file if one is given.
 
     `weights` is 'none' or a file path (the registry refuses 'imagenet' before this runs);

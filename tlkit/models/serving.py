@@ -24,7 +24,7 @@ IMAGE_BYTES = tf.TensorSpec([None], tf.string, name="image_bytes")
 def decode_batch(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
     """Encoded images of any sizes -> one float32 batch at the model's size."""
     return tf.map_fn(
-        lambda b: resize_image(decode_image(b), size),
+        lambda b: resize_image(decode_image(b, min_size=size), size),  # the JPEG scale training decodes at
         image_bytes,
         fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32),
     )

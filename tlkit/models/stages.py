@@ -19,14 +19,26 @@ from tlkit.recipe import Recipe, Stage
 
 
 def input_size(recipe: Recipe) -> int:
-    """The recipe's input size, else the backbone's default."""
-    return recipe.model.input_size or get_backbone(recipe.model.backbone).default_size
+    """The recipe's input size, else the backbone's default (also for `auto` before the data has decided it)."""
+    size = recipe.model.input_size
+    return size if isinstance(size, int) else get_backbone(recipe.model.backbone).default_size
 
 
 def check_model(recipe: Recipe) -> None:
     """Fail on a bad backbone, option, size or weights path before any data is read."""
     m = recipe.model
     validate_model(m.backbone, input_size(recipe), m.options, m.weights, blocks=m.blocks)
+
+
+def fetch_pretrained(recipe: Recipe) -> None:
+    """With `weights: imagenet`, download (or find in Keras's cache) the backbone's weights now.
+
+    A run reads and checks all its data before building the model; offline, the error
+    naming the file to fetch should come first, not after a long scan.
+    """
+    if weights_of(recipe) == "imagenet":
+        m = recipe.model
+        build_backbone(get_backbone(m.backbone), input_size(recipe), "imagenet", m.options, blocks=m.blocks)
 
 
 def weights_of(recipe: Recipe) -> str:

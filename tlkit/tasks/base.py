@@ -40,6 +40,7 @@ class Task:
     headline: ClassVar[str]  # the metric printed at the end of a run and compared in benchmarks
     activation: ClassVar[str] = "softmax"  # logits -> probabilities in evaluation and every export
     cache_features: ClassVar[bool] = False  # a frozen backbone's pooled features can stand in for images
+    per_pixel: ClassVar[bool] = False  # outputs move with the image (masks): test-time flips are flipped back
     signatures: ClassVar[dict[str, str]] = {}  # SavedModel signatures, as the model card and metadata describe them
     summary: ClassVar[str] = ""  # one line for `tlkit recipe --reference` and the README
     #: recipe sections of a seconds-long run on the built-in data: what the shared test harness trains for every task
@@ -117,8 +118,13 @@ class Task:
 
     # ------------------------------------------------------------------ serving
 
-    def archive(self, model: "keras.Model", labels: list[str], size: int, state: dict[str, Any]) -> Any:
-        """The SavedModel's `keras.export.ExportArchive`: signatures over raw images."""
+    def archive(self, model: "keras.Model", labels: list[str], size: int, state: dict[str, Any],
+                probabilities: ProbabilityFn | None = None) -> Any:
+        """The SavedModel's `keras.export.ExportArchive`: signatures over raw images.
+
+        `probabilities` (images at the model's size -> probabilities; default: the model's logits
+        through `activation`) is what the signatures serve, e.g. averaged over test-time flips.
+        """
         raise NotImplementedError
 
     def predict(self, runner: Any, files: list[tuple[int, str, bytes]], labels: list[str], meta: dict[str, Any],
@@ -130,6 +136,18 @@ class Task:
         """One `tlkit predict` text line for an image's result (errors are printed generically)."""
         shown = ", ".join(f"{p['label']} {p['score']:.3f}" for p in result["predictions"])
         return f"{result['path']}: {shown}"
+
+    def csv_columns(self, labels: list[str], options: dict[str, Any]) -> list[str]:
+        """`tlkit predict --csv` columns between `path` and `error`: here the top-k labels and scores."""
+        k = min(int(options.get("top_k", 5)), len(labels))
+        return [f"{kind}_{i}" for i in range(1, k + 1) for kind in ("label", "score")]
+
+    def csv_row(self, result: dict[str, Any]) -> dict[str, Any]:
+        """An image's result as `csv_columns` cells."""
+        row: dict[str, Any] = {}
+        for i, p in enumerate(result["predictions"], 1):
+            row[f"label_{i}"], row[f"score_{i}"] = p["label"], f"{p['score']:.6f}"
+        return row
 
     # ------------------------------------------------------------------ report and model card
 

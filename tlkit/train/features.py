@@ -12,12 +12,15 @@ from tlkit.models.parts import head_after_pool, pooled_features
 from tlkit.recipe import Recipe
 
 
-def _features(call: Any, batches: Any) -> tuple[np.ndarray, np.ndarray]:
+def _features(call: Any, batches: Any, width: int) -> tuple[np.ndarray, np.ndarray]:
     """(features, labels) of every batch, as float32 (the features are float16 under mixed_float16)."""
     xs, ys = [], []
     for images, labels in batches:
         xs.append(call(images).numpy().astype(np.float32))
         ys.append(labels.numpy())
+    if not xs:  # a worker whose shard of a small split is empty
+        labels = batches.element_spec[1]
+        return np.zeros((0, width), np.float32), np.zeros((0, *labels.shape[1:]), labels.dtype.as_numpy_dtype)
     return np.concatenate(xs), np.concatenate(ys)
 
 
@@ -31,11 +34,12 @@ def feature_head(model: keras.Model, train_ds: Any, plain_train_ds: Any, val_ds:
 
     pooled = pooled_features(model)
     call = tf.function(lambda x: pooled(x, training=False), reduce_retracing=True)
+    width = int(pooled.output.shape[-1])
     start = time.perf_counter()
-    views = [_features(call, plain_train_ds)] + [_features(call, train_ds) for _ in range(rec.train.feature_views - 1)]
+    views = [_features(call, plain_train_ds, width)] + [_features(call, train_ds, width) for _ in range(rec.train.feature_views - 1)]
     train_x = np.concatenate([v[0] for v in views])
     train_y = np.concatenate([v[1] for v in views])
-    val_x, val_y = _features(call, val_ds)
+    val_x, val_y = _features(call, val_ds, width)
     if not quiet:
         print(
             f"  backbone features cached: {len(train_x)} train, {len(val_x)} val, {train_x.shape[1]} wide, "
@@ -46,7 +50,7 @@ def feature_head(model: keras.Model, train_ds: Any, plain_train_ds: Any, val_ds:
     batch = rec.train.batch_size
     train = (
         tf.data.Dataset.from_tensor_slices((train_x, train_y))
-        .shuffle(len(train_x), seed=rec.seed, reshuffle_each_iteration=True)
+        .shuffle(max(1, len(train_x)), seed=rec.seed, reshuffle_each_iteration=True)
         .batch(batch)
         .prefetch(tf.data.AUTOTUNE)
     )

@@ -21,12 +21,15 @@ from typing import Any, Iterator
 import keras
 
 from tlkit import distribute, runs
+from tlkit.data.scan import scan_options
 from tlkit.errors import TlkitError
 from tlkit.models.parts import probability_fn
-from tlkit.models.stages import apply_stage, input_size, load_run_model, resolve_batchnorm, weights_of
+from tlkit.models.stages import apply_stage, fetch_pretrained, input_size, load_run_model, resolve_batchnorm, weights_of
 from tlkit.recipe import Recipe, Stage, parse_override, shortcut_overrides
 from tlkit.runtime import seed_and_determinism
 from tlkit.tasks import get_task, load_data, load_recipe
+from tlkit.train.adapt import resolve_auto
+from tlkit.train.batchnorm import adapt_batchnorm
 from tlkit.train.callbacks import (
     BestCheckpoint,
     EpochEstimate,
@@ -63,6 +66,7 @@ def finetune(
     quiet: bool = False,
     export: bool | None = None,
     report: bool = True,
+    rescan: bool = False,
     **flags: Any,
 ) -> RunResult:
     """Train a model as the recipe says; return metrics, run directory and export path.
@@ -71,6 +75,7 @@ def finetune(
     `input_size=`) or dotted keys written with `__` (`train__label_smoothing=0.1`).
     `resume=RUN_DIR` continues an interrupted run from its own folder.
     `report=False` skips the pictures and index.html in RUN_DIR/report/.
+    `rescan=True` checks every image file again instead of trusting the verdicts remembered for the folder.
     """
     started = time.perf_counter()
     run_path, state = None, {}
@@ -83,14 +88,29 @@ def finetune(
             return export_only(run_path, rec, export, quiet, started)
         state = runs.read_json(run_path / runs.STATE) if (run_path / runs.STATE).is_file() else {}
     else:
-        merged = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(overrides or {})
-        merged.update(shortcut_overrides(**flags))
-        rec = load_recipe(recipe, merged)
-    with distribute.placed(rec.runtime) as place:
+        rec = run_recipe(recipe, overrides, **flags)
+    with distribute.placed(rec.runtime) as place, scan_options(input_size(rec), rescan=rescan, **place.scan_sharing()):
         run = FineTuneRun(
             rec, place, run_path, state, run_dir=run_dir, quiet=quiet, export=export, report=report, started=started
         )
         return run.execute()
+
+
+def run_recipe(
+    recipe: "str | Path | dict[str, Any] | Recipe | None" = None,
+    overrides: "dict[str, Any] | list[str] | None" = None,
+    **flags: Any,
+) -> Recipe:
+    """The recipe `finetune` would run: overrides, then the shortcut flags; no recipe picks the shipped default.
+
+    `--backbone` without `--weights` takes that backbone's own default weights (imagenet; scratch:
+    none), so `--backbone scratch` works from a pretrained recipe.
+    """
+    merged = dict(map(parse_override, overrides)) if isinstance(overrides, list) else dict(overrides or {})
+    merged.update(shortcut_overrides(**flags))
+    if flags.get("backbone") is not None and flags.get("weights") is None and "model.weights" not in merged:
+        merged["model.weights"] = None
+    return load_recipe(recipe, merged)
 
 
 def export_only(run_path: Path, rec: Recipe, export: bool | None, quiet: bool, started: float) -> RunResult:
@@ -159,6 +179,8 @@ class _Feed:
     steps: int
     setup_seconds: float = 0.0
     on_features: bool = False
+    train_count: int | None = None  # examples per epoch, all workers together (for a sharded pipeline)
+    val_count: int | None = None
 
 
 class FineTuneRun:
@@ -206,17 +228,23 @@ class FineTuneRun:
     def prepare(self) -> None:
         """Data, run directory, pipelines and model, then the summary."""
         self.task.check(self.rec)
+        fetch_pretrained(self.rec)  # offline, fail before reading the data, not after
         seed_and_determinism(self.rec.seed, self.rec.runtime.deterministic)
         self._load_data()
+        self.rec, self.auto_notes = resolve_auto(self.rec, self.bundle, self.place.replicas)  # auto size and lengths
         self._open_run_dir()
         self.rec = self.place.effective(self.rec)  # per-replica batch -> global batch (and the learning-rate rule, if asked)
         self.cache = self.run_path / "cache"
         shutil.rmtree(self.cache, ignore_errors=True)  # a killed run leaves partial cache files and locks
-        self.train_ds, self.plain_train_ds, self.val_ds = self.task.pipelines(self.bundle, self.rec, self.cache)
+        # each worker of a multi-worker run reads, decodes and caches only its shard of the image files
+        self.train_ds, self.plain_train_ds, self.val_ds = self.task.pipelines(self.place.shard_bundle(self.bundle), self.rec, self.cache)
         self.steps = max(1, math.ceil(self.bundle.splits["train"].size / self.rec.train.batch_size))
         keras.utils.set_random_seed(self.rec.seed)  # again: generating a built-in dataset draws from the global RNG
         with self.place.scope():
             self.model = self.task.build_model(self.rec, self.num_classes)
+        if self.done == 0 and self.rec.train.adapt_batchnorm:
+            count = adapt_batchnorm(self.model, self.plain_train_ds, self.rec.train.adapt_batchnorm)
+            self.auto_notes.append(f"batchnorm statistics re-estimated on {count} training batch(es) (train.adapt_batchnorm)")
         params = [apply_stage(self.model, s, resolve_batchnorm(self.rec, s)) for s in self.rec.train.stages]
         self._summary(params)
         # later stages rebuild the model and load the previous stage's weights: no pretrained download again
@@ -268,6 +296,7 @@ class FineTuneRun:
         if bundle.excluded:
             lines.append(f"  excluded  {len(bundle.excluded)} file(s) listed in data.exclude ({rec.data.exclude})")
         lines.append(f"  backbone  {rec.model.backbone} (weights: {weights_of(rec)}) at {size}x{size}")
+        lines += [f"  {note}" for note in self.auto_notes]
         runtime = self.place.describe()
         if runtime:
             lines.append(f"  runtime   {runtime}, global batch {rec.train.batch_size}")
@@ -346,13 +375,16 @@ class FineTuneRun:
         schedule_callbacks, class_weight, start = self._compile(trained, stage, feed.steps, resume_dir)
         if self.rec.runtime.deterministic:
             replay(feed.train, start - self.epoch, start - self.epoch, self.quiet)
+        batch, place = self.rec.train.batch_size, self.place
+        train = place.shard(feed.train, feed.train_count, batch, class_weight)
+        val = place.shard(feed.val, feed.val_count, batch)
         with self.place.scope():
             history = trained.fit(
-                self.place.shard(feed.train),
-                validation_data=self.place.shard(feed.val),
+                train,
+                validation_data=val,
                 initial_epoch=start,
                 epochs=self.epoch + stage.epochs,
-                class_weight=class_weight,
+                class_weight=None if place.takes_shards else class_weight,
                 shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
                 callbacks=self._callbacks(stage, feed, schedule_callbacks, resume_dir),
                 verbose=0 if self.quiet else (1 if sys.stdout.isatty() else 2),
@@ -365,11 +397,14 @@ class FineTuneRun:
         """A head-only stage trains on cached backbone features where the recipe, task and placement allow it."""
         rec = self.rec
         cached = stage.unfreeze == "none" and rec.train.cache_features and self.task.cache_features
+        counts = self.bundle.splits["train"].size, self.bundle.splits["val"].size
         if not (cached and self.place.caches_features):
-            return _Feed(self.model, self.train_ds, self.val_ds, self.steps)
+            return _Feed(self.model, self.train_ds, self.val_ds, self.steps, train_count=counts[0], val_count=counts[1])
         setup = time.perf_counter()
         head, train, val = feature_head(self.model, self.train_ds, self.plain_train_ds, self.val_ds, rec, self.quiet)
-        return _Feed(head, train, val, int(train.cardinality()), time.perf_counter() - setup, on_features=True)
+        views = counts[0] * rec.train.feature_views  # all workers' feature rows
+        steps = max(1, math.ceil(views / rec.train.batch_size))
+        return _Feed(head, train, val, steps, time.perf_counter() - setup, True, views, counts[1])
 
     def _compile(self, trained: keras.Model, stage: Stage, steps: int, resume_dir: Path) -> tuple[list[Any], Any, int]:
         """Compile with the stage's optimizer and fresh loss and metrics, then load the stage's resume point if any.
@@ -431,7 +466,9 @@ class FineTuneRun:
         if state:
             runs.write_json(run_path / runs.TASK_STATE, state)
         batches = task.eval_pipeline(self.bundle, rec, split, rec.train.batch_size)
-        self.metrics = {"split": split, **task.evaluate(prob_fn, batches, self.bundle.class_names, state)}
+        selected_on = "val" if task.monitor(rec).startswith("val_") else "train"  # the split that picked best.keras
+        metrics = task.evaluate(prob_fn, batches, self.bundle.class_names, state)
+        self.metrics = {"split": split, "selected_on": selected_on, **metrics}
         runs.write_json(run_path / runs.METRICS, self.metrics)
         headline = task.headline
         _say(

@@ -74,7 +74,8 @@ class PlateauWarmup(keras.callbacks.Callback):
 
 def learning_rate(stage: Stage, steps_per_epoch: int) -> tuple[Any, list[keras.callbacks.Callback]]:
     """The stage's rate (a float or a WarmupSchedule) and the callbacks that drive it (plateau)."""
-    warmup = int(round(stage.warmup_epochs * steps_per_epoch))
+    warmup = stage.warmup_steps if stage.warmup_steps is not None else int(round(stage.warmup_epochs * steps_per_epoch))
+    warmup = min(warmup, int(stage.epochs) * steps_per_epoch)
     if stage.schedule == "plateau":
         callbacks: list[keras.callbacks.Callback] = [
             keras.callbacks.ReduceLROnPlateau(factor=stage.step_factor, patience=stage.plateau_patience, verbose=0)

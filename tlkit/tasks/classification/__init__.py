@@ -82,10 +82,10 @@ class Classification(Task):
         head = f"accuracy {m['accuracy']:.4f}   loss {m['loss']:.4f}   top-{m['top_k']} {m['top_k_accuracy']:.4f}"
         return [head, *per_class_lines(m["per_class"], [("precision", ".3f"), ("recall", ".3f"), ("f1", ".3f"), ("support", "d")])]
 
-    def archive(self, model: Any, labels: list[str], size: int, state: dict[str, Any]) -> Any:
+    def archive(self, model: Any, labels: list[str], size: int, state: dict[str, Any], probabilities: Any = None) -> Any:
         from tlkit.tasks.classification.serving import build_archive
 
-        return build_archive(model, labels, size)
+        return build_archive(model, labels, size, probabilities)
 
     def predict(self, runner: Any, files: list[tuple[int, str, bytes]], labels: list[str], meta: dict[str, Any],
                 options: dict[str, Any]) -> dict[int, dict[str, Any]]:

@@ -2,31 +2,47 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from tlkit.data.bundle import DataBundle, fail_on_bad, file_split, list_files, split_folders, stratified_split
-from tlkit.data.decode import IMAGE_EXTENSIONS, decode_image, scan_files
+from tlkit.data.bundle import (
+    DataBundle,
+    exists,
+    fail_on_bad,
+    image_file_split,
+    is_folder,
+    is_url,
+    list_files,
+    split_folders,
+    stratified_split,
+    subfolders,
+)
+from tlkit.data.decode import IMAGE_EXTENSIONS
+from tlkit.data.scan import scan_images
 from tlkit.data.tfds import as_split, feature_values, split_names, tfds_module, to_rgb
 from tlkit.errors import TlkitError
 
 
 def class_folders(path: str, data: Any, seed: int, progress: bool = True) -> DataBundle:
-    """A folder of class subfolders, or of train/ val/ test/ folders that each hold class subfolders."""
-    folder = Path(path).expanduser()
-    if not folder.exists():
+    """A folder of class subfolders, or of train/ val/ test/ folders that each hold class subfolders.
+
+    A local path or a `tf.io.gfile` URL (gs://, s3://, ram://...) to such a folder.
+    """
+    folder = path.rstrip("/") if is_url(path) else os.path.expanduser(path)
+    if not exists(folder):
         raise TlkitError(f"data folder '{path}' does not exist: give a folder of class subfolders, tfds:NAME or builtin:shapes")
-    if not folder.is_dir():
+    if not is_folder(folder):
         raise TlkitError(f"data source '{path}' is a file, not a folder of class subfolders")
     explicit = split_folders(folder)
     if "train" in explicit:
-        class_names = [p.name for p in _class_dirs(explicit["train"])]
+        class_names = subfolders(explicit["train"])
         files = {split: _labelled_files(d, class_names) for split, d in explicit.items()}
     else:
-        class_names = [p.name for p in _class_dirs(folder)]
+        class_names = subfolders(folder)
         files = {"all": _labelled_files(folder, class_names)}
     _check_class_names(class_names, path)
     if len(class_names) < 2:
@@ -37,15 +53,15 @@ def class_folders(path: str, data: Any, seed: int, progress: bool = True) -> Dat
     everything = [p for items in files.values() for p, _ in items]
     if not everything:
         raise TlkitError(f"no images found under '{path}' (looked for files by extension in its class folders)")
-    good, bad = scan_files(everything, progress=progress)
-    fail_on_bad(bad, data.on_bad_file)
-    ok = set(good)
+    scan = scan_images(everything, root=folder, progress=progress)
+    fail_on_bad(scan.bad, data.on_bad_file)
+    ok = set(scan.good)
     files = {k: [(p, y) for p, y in v if p in ok] for k, v in files.items()}
     if "all" in files:
         files = stratified_split(files["all"], len(class_names), data.val_fraction, data.test_fraction, seed)
     _require_every_class(files.get("train", []), class_names, path)
     splits = {split: _folder_split(items) for split, items in files.items() if items}
-    return DataBundle(class_names, splits, f"folder {folder}", skipped=bad)
+    return DataBundle(class_names, splits, f"folder {folder}", skipped=scan.bad, info={"image_sizes": scan.sizes})
 
 
 def _require_every_class(items: list[tuple[str, int]], class_names: list[str], path: str) -> None:
@@ -56,10 +72,6 @@ def _require_every_class(items: list[tuple[str, int]], class_names: list[str], p
             f"class folder(s) with no usable training image: {', '.join(missing)} "
             f"(in '{path}'): add images to them or remove the folder(s)"
         )
-
-
-def _class_dirs(folder: Path) -> list[Path]:
-    return sorted((p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
 
 
 def _check_class_names(class_names: list[str], path: str) -> None:
@@ -74,23 +86,19 @@ def _check_class_names(class_names: list[str], path: str) -> None:
             ) from None
 
 
-def _labelled_files(folder: Path, class_names: list[str]) -> list[tuple[str, int]]:
+def _labelled_files(folder: Any, class_names: list[str]) -> list[tuple[str, int]]:
     items = []
     for label, name in enumerate(class_names):
-        class_dir = folder / name
-        if class_dir.is_dir():
+        class_dir = os.path.join(os.fspath(folder), name)
+        if is_folder(class_dir):
             items.extend((p, label) for p in list_files(class_dir, IMAGE_EXTENSIONS))
     return items
-
-
-def _read_image(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return decode_image(tf.io.read_file(path)), label
 
 
 def _folder_split(items: list[tuple[str, int]]):
     paths = [p for p, _ in items]
     labels = np.array([y for _, y in items], np.int32)
-    return file_split((paths, list(labels)), labels, _read_image, paths)
+    return image_file_split(paths, labels)
 
 
 def label_features(builder) -> tuple[str, str]:

@@ -8,16 +8,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkit.models.parts import activate
+from tlkit.models.parts import serving_probabilities
 from tlkit.models.serving import image_archive
 
 
-def build_archive(model: keras.Model, labels: list[str], size: int) -> keras.export.ExportArchive:
-    """The serving endpoints around a trained Keras classifier."""
+def build_archive(model: keras.Model, labels: list[str], size: int, probabilities: Any = None) -> keras.export.ExportArchive:
+    """The serving endpoints around a trained Keras classifier (`probabilities`: see `Task.archive`)."""
     names = tf.constant(labels)
+    probabilities = serving_probabilities(model, "softmax", probabilities)
 
     def predict(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        probs = activate(model(images, training=False), "softmax")
+        probs = probabilities(images)
         return {"probabilities": probs, "classes": tf.gather(names, tf.argmax(probs, axis=-1))}
 
     return image_archive(model, size, predict)

@@ -122,10 +122,10 @@ class MultiLabel(Task):
                    ("threshold", ".3f"), ("support", "d")]
         return lines + per_class_lines(m["per_class"], columns, first="label")
 
-    def archive(self, model: Any, labels: list[str], size: int, state: dict[str, Any]) -> Any:
+    def archive(self, model: Any, labels: list[str], size: int, state: dict[str, Any], probabilities: Any = None) -> Any:
         from tlkit.tasks.multilabel.serving import build_archive
 
-        return build_archive(model, labels, size, state)
+        return build_archive(model, labels, size, state, probabilities)
 
     def predict(self, runner: Any, files: list[tuple[int, str, bytes]], labels: list[str], meta: dict[str, Any],
                 options: dict[str, Any]) -> dict[int, dict[str, Any]]:
@@ -137,6 +137,14 @@ class MultiLabel(Task):
         if not result["predictions"]:
             return f"{result['path']}: (no label over its threshold)"
         return super().format_prediction(result)
+
+    def csv_columns(self, labels: list[str], options: dict[str, Any]) -> list[str]:
+        return ["labels", "scores"]
+
+    def csv_row(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Every label over its threshold and its score, best first, `;`-separated (both empty: no label)."""
+        shown = result["predictions"]
+        return {"labels": ";".join(p["label"] for p in shown), "scores": ";".join(f"{p['score']:.6f}" for p in shown)}
 
     def report_figures(self, ctx: Any) -> list[Any]:
         from tlkit import runs

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tlkit.data.bundle import DataBundle, fail_on_bad, file_split
-from tlkit.data.decode import decode_image, scan_files
+from tlkit.data.bundle import DataBundle, fail_on_bad, image_file_split
+from tlkit.data.scan import scan_images
 from tlkit.data.tfds import as_split, feature_values, image_features, split_names, tfds_module, to_rgb
 from tlkit.errors import TlkitError
 from tlkit.tasks.multilabel.labels import multi_hot, read_label_csv, split_indices, unused_labels
@@ -31,7 +31,8 @@ def csv_folder(path: str, data: Any, seed: int, progress: bool = True) -> DataBu
     csv_file = csv_path(path, data)
     rows, class_names = read_label_csv(csv_file)
     paths = [p for p, _ in rows]
-    good, bad = scan_files(paths, progress=progress)
+    scan = scan_images(paths, root=csv_file, progress=progress)
+    good, bad = scan.good, scan.bad
     fail_on_bad(bad, data.on_bad_file)
     ok = set(good)
     rows = [(p, labels) for p, labels in rows if p in ok]
@@ -53,12 +54,8 @@ def require_used(train_targets: np.ndarray, class_names: list[str], where: str) 
         )
 
 
-def _read(path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return decode_image(tf.io.read_file(path)), target
-
-
 def _csv_split(paths: list[str], targets: np.ndarray):
-    return file_split((paths, list(targets)), targets, _read, paths)
+    return image_file_split(paths, targets)
 
 
 def sequence_feature(builder, wanted: str | None) -> str:

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tlkit.models.parts import activate
+from tlkit.models.parts import serving_probabilities
 from tlkit.models.serving import image_archive
 
 
@@ -18,14 +18,16 @@ def thresholds_of(state: dict[str, Any], num_classes: int) -> np.ndarray:
     return np.asarray(values if values is not None else [0.5] * num_classes, np.float32)
 
 
-def build_archive(model: keras.Model, labels: list[str], size: int, state: dict[str, Any]) -> keras.export.ExportArchive:
+def build_archive(model: keras.Model, labels: list[str], size: int, state: dict[str, Any],
+                  probabilities: Any = None) -> keras.export.ExportArchive:
     """`probabilities` [B, C], `predicted` bool [B, C] (probability >= the class's threshold) and `labels`
     string [B, C]: the label's name where predicted, "" elsewhere, in the order of labels.txt."""
     names = tf.constant(labels)
     thresholds = tf.constant(thresholds_of(state, len(labels)))
+    probabilities = serving_probabilities(model, "sigmoid", probabilities)
 
     def predict(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        probs = activate(model(images, training=False), "sigmoid")
+        probs = probabilities(images)
         predicted = probs >= thresholds
         shown = tf.where(predicted, tf.broadcast_to(names, tf.shape(predicted)), tf.constant(""))
         return {"probabilities": probs, "predicted": predicted, "labels": shown}

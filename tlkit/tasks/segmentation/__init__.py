@@ -13,6 +13,7 @@ class Segmentation(Task):
     recipe = SegmentationRecipe
     headline = "mean_iou"
     activation = "softmax"
+    per_pixel = True
     quick_recipe = {"data": {"source": "builtin:shapes/tiny"}, "model": {"decoder": {"widths": [16, 8]}}}
     summary = "a class per pixel: images/ + masks/ folders, TFDS mask features; U-Net/FPN decoders, mean IoU"
     signatures = {
@@ -102,21 +103,30 @@ class Segmentation(Task):
         head = f"mean IoU {m['mean_iou']:.4f}   pixel accuracy {m['pixel_accuracy']:.4f}   loss {m['loss']:.4f}"
         return [head, *per_class_lines(m["per_class"], [("iou", ".3f"), ("dice", ".3f")])]
 
-    def archive(self, model: Any, labels: list[str], size: int, state: dict[str, Any]) -> Any:
+    def archive(self, model: Any, labels: list[str], size: int, state: dict[str, Any], probabilities: Any = None) -> Any:
         from tlkit.tasks.segmentation.serving import build_segmentation_archive
 
-        return build_segmentation_archive(model, labels, size)
+        return build_segmentation_archive(model, labels, size, probabilities)
 
     def predict(self, runner: Any, files: list[tuple[int, str, bytes]], labels: list[str], meta: dict[str, Any],
                 options: dict[str, Any]) -> dict[int, dict[str, Any]]:
         from tlkit.tasks.segmentation.serving import predict_masks, segmenter
 
         out = options.get("out")
-        return predict_masks(segmenter(runner), files, labels, Path(out) if out is not None else None)
+        return predict_masks(segmenter(runner), files, labels, Path(out) if out is not None else None, options.get("stems"))
 
     def format_prediction(self, r: dict[str, Any]) -> str:
         shown = ", ".join(f"{k} {v:.1%}" for k, v in r["fractions"].items())
         return f"{r['path']}: {shown}" + (f" -> {r['mask']}, {r['overlay']}" if "mask" in r else "")
+
+    def csv_columns(self, labels: list[str], options: dict[str, Any]) -> list[str]:
+        return ["mask", "overlay", *(f"fraction_{name}" for name in labels)]
+
+    def csv_row(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The written mask and overlay files (empty without --out) and each class's share of the pixels."""
+        row = {key: result.get(key, "") for key in ("mask", "overlay")}
+        row.update({f"fraction_{name}": f"{share:.6f}" for name, share in result["fractions"].items()})
+        return row
 
     def report_figures(self, ctx: Any) -> list[Any]:
         from tlkit.tasks.segmentation.figures import segmentation_figures

@@ -17,13 +17,15 @@ import tensorflow as tf
 
 from tlkit.data.decode import decode_image
 from tlkit.data.pipeline import resize_image
-from tlkit.models.parts import activate
+from tlkit.models.parts import serving_probabilities
 
 
-def build_segmentation_archive(model: keras.Model, labels: list[str], size: int) -> keras.export.ExportArchive:
+def build_segmentation_archive(model: keras.Model, labels: list[str], size: int, probabilities: Any = None) -> keras.export.ExportArchive:
+    probabilities = serving_probabilities(model, "softmax", probabilities)
+
     def segment(images: tf.Tensor) -> dict[str, tf.Tensor]:
         hw = tf.shape(images)[1:3]
-        probs = activate(model(resize_image(images, size), training=False), "softmax")
+        probs = probabilities(resize_image(images, size))
         probs = tf.image.resize(probs, hw, method="bilinear")
         return {"probabilities": probs, "classes": tf.argmax(probs, axis=-1, output_type=tf.int32)}
 
@@ -65,10 +67,10 @@ def write_mask_outputs(image: np.ndarray, classes: np.ndarray, out_dir: Path, st
 
     from PIL import Image
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     colours = palette(num_classes)[classes]
     overlay = (0.55 * image.astype(np.float32) + 0.45 * colours.astype(np.float32)).round().astype(np.uint8)
     paths = {"mask": out_dir / f"{stem}_mask.png", "overlay": out_dir / f"{stem}_overlay.png"}
+    paths["mask"].parent.mkdir(parents=True, exist_ok=True)  # stems may name a subfolder (`sub/NAME`)
     for key, array in (("mask", classes.astype(np.uint8)), ("overlay", overlay)):
         tmp = paths[key].with_name(f".{paths[key].name}.tmp")
         Image.fromarray(array).save(tmp, format="PNG")
@@ -82,16 +84,20 @@ def class_fractions(classes: np.ndarray, labels: list[str]) -> dict[str, float]:
 
 
 def predict_masks(
-    segment: Callable[[bytes], np.ndarray], images: list[tuple[int, str, bytes]], labels: list[str], out_dir: Path | None
+    segment: Callable[[bytes], np.ndarray], images: list[tuple[int, str, bytes]], labels: list[str], out_dir: Path | None,
+    stems: dict[int, str] | None = None,
 ) -> dict[int, dict[str, Any]]:
-    """One call per image (`segment`: encoded image -> class map at its own size), so every mask has its image's size."""
+    """One call per image (`segment`: encoded image -> class map at its own size), so every mask has its image's size.
+
+    `stems` names each image's outputs (index -> `NAME` or `sub/NAME`; default the file's stem)."""
     results: dict[int, dict[str, Any]] = {}
     for index, path, data in images:
         classes = segment(data)
         entry: dict[str, Any] = {"size": [int(classes.shape[0]), int(classes.shape[1])], "fractions": class_fractions(classes, labels)}
         if out_dir is not None:
             image = decode_image(tf.constant(data)).numpy()
-            entry.update(write_mask_outputs(image, classes, Path(out_dir), Path(path).stem, len(labels)))
+            stem = (stems or {}).get(index) or Path(path).stem
+            entry.update(write_mask_outputs(image, classes, Path(out_dir), stem, len(labels)))
         results[index] = entry
     return results
 

@@ -1,0 +1,199 @@
+"""Issue 18: one decode per image per run, remembered scans, worker shards, JPEG scale, bucket-style paths.
+
+Tiny images throughout; `bench/scale.py` measures the costs on photo-sized folders.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import load_data
+from tlkit.recipe import Data
+
+COLORS = {"red": (230, 30, 30), "blue": (30, 30, 230)}
+
+
+def _jpeg(color, size=(24, 20), seed=0) -> bytes:
+    rng = np.random.default_rng(seed)
+    img = np.clip(np.array(color)[None, None] + rng.normal(0, 15, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    return tf.io.encode_jpeg(img, quality=90).numpy()
+
+
+def _folder(root: Path, per_class: int = 5, bad: bool = True) -> Path:
+    for name, color in COLORS.items():
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            (root / name / f"{i}.jpg").write_bytes(_jpeg(color, seed=i))
+    if bad:
+        (root / "red" / "broken.jpg").write_bytes(_jpeg(COLORS["red"])[:200])
+    return root
+
+
+def test_jpeg_is_decoded_at_the_smallest_scale_that_covers_the_size():
+    from tlkit.data.decode import MAX_DECODE_PIXELS, jpeg_ratio
+
+    ratio = lambda h, w, s=None: int(jpeg_ratio(h, w, s))  # noqa: E731
+    assert ratio(768, 1024, 224) == 2  # 384x512 covers 224; 192 at 1/4 would not
+    assert ratio(768, 1024, 100) == 4  # 192x256
+    assert ratio(768, 1024, 64) == 8  # 96x128
+    assert ratio(768, 1024, 769) == 1  # nothing smaller covers it: full size (then upsampled)
+    assert ratio(768, 1024) == 1  # no size: full size within the pixel bound
+    assert ratio(12000, 12000, 10000) == 2  # the bound wins over the size
+    assert MAX_DECODE_PIXELS < 12000 * 12000 <= 4 * MAX_DECODE_PIXELS
+    data = tf.io.encode_jpeg(tf.zeros([77, 130, 3], tf.uint8)).numpy()
+    from tlkit.data.decode import decode_image
+
+    assert decode_image(tf.constant(data), min_size=16).shape == (20, 33, 3)  # 1/4 scale, rounded up
+
+
+def test_scan_verdicts_are_remembered_outside_the_data_folder(tmp_path, monkeypatch):
+    from tlkit.data.scan import scan_images, scan_options, verdict_file
+
+    monkeypatch.setenv("TLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    folder = _folder(tmp_path / "data")
+    paths = sorted(str(p) for p in folder.rglob("*.jpg"))
+    before = sorted(p.name for p in folder.rglob("*"))
+    first = scan_images(paths, root=folder, progress=False)
+    assert first.checked == 11 and [Path(p).name for p, _ in first.bad] == ["broken.jpg"]
+    assert first.bad[0][1].startswith("truncated or corrupt JPEG")
+    assert first.sizes[paths[0]] == (24, 20)  # (width, height) of the stored image
+    assert verdict_file(folder).is_file() and str(verdict_file(folder)).startswith(str(tmp_path / "cache"))
+    assert sorted(p.name for p in folder.rglob("*")) == before  # nothing written into the data
+
+    second = scan_images(paths, root=folder, progress=False)
+    assert second.checked == 0 and (second.good, second.bad, second.sizes) == (first.good, first.bad, first.sizes)
+
+    broken = folder / "red" / "broken.jpg"
+    broken.write_bytes(_jpeg(COLORS["red"], size=(30, 30)))  # repaired: new size and time
+    os.utime(broken, ns=(time.time_ns(), time.time_ns() + 10**9))
+    third = scan_images(paths, root=folder, progress=False)
+    assert third.checked == 1 and third.bad == [] and third.sizes[str(broken)] == (30, 30)
+    with scan_options(rescan=True):
+        assert scan_images(paths, root=folder, progress=False).checked == 11
+
+
+def test_the_scan_decode_is_the_pipeline_cache(tmp_path):
+    """Inside a run the scan keeps each image at the model size; the pipeline reads those, equal to a decode."""
+    from tlkit.data.decode import decode_resized
+    from tlkit.data.pipeline import cached_images, image_stream
+    from tlkit.data.scan import scan_options
+
+    folder = _folder(tmp_path / "data")
+    with scan_options(16, remember=False):
+        bundle = load_data(Data(source=str(folder), val_fraction=0.2), seed=0, progress=False)
+        assert [Path(p).name for p, _ in bundle.skipped] == ["broken.jpg"]
+        split = bundle.splits["train"]
+        _, kept = image_stream(split.paths, split.labels, 16)
+        assert kept  # every training image was decoded once, by the scan
+        got = [(img.numpy(), int(y)) for img, y in cached_images(split, 16, cache=False)]
+    want = [(decode_resized(tf.io.read_file(p), 16).numpy(), int(y)) for p, y in zip(split.paths, split.labels)]
+    assert len(got) == len(want) == split.size
+    for (a, ya), (b, yb) in zip(got, want):
+        assert ya == yb and a.shape == (16, 16, 3) and np.array_equal(a, b)
+    _, kept = image_stream(split.paths, split.labels, 16)
+    assert not kept  # outside the run the copies are gone; the stream decodes the files itself
+
+
+def test_each_worker_takes_a_disjoint_shard_of_the_files(tmp_path):
+    from tlkit.distribute import Placement
+
+    folder = _folder(tmp_path / "data", per_class=8, bad=False)
+    bundle = load_data(Data(source=str(folder), val_fraction=0.25), seed=0, progress=False)
+    shards = [Placement(None, "multi_worker", "float32", workers=2, index=i) for i in range(2)]
+    parts = [place.shard_bundle(bundle) for place in shards]
+    assert all(place.presharded for place in shards)
+    for name, split in bundle.splits.items():
+        mine = [set(part.splits[name].paths) for part in parts]
+        assert not mine[0] & mine[1] and mine[0] | mine[1] == set(split.paths)  # every image once per epoch
+        for part in parts:  # labels travel with their files
+            labels = dict(zip(split.paths, split.labels.tolist()))
+            assert part.splits[name].labels.tolist() == [labels[p] for p in part.splits[name].paths]
+    sizes = [part.splits["train"].size for part in parts]
+    assert abs(sizes[0] - sizes[1]) <= 1  # balanced: the workers' epochs take the same number of steps
+    single = Placement(None, "default", "float32")
+    assert single.shard_bundle(bundle) is bundle and not single.presharded
+
+
+def test_worker_batches_have_equal_steps_and_none_empty():
+    """33 examples, global batch 8 on 2 workers: 17 + 16 examples, 5 non-empty local batches each."""
+    from tlkit.distribute import Placement
+
+    class TwoReplicas:  # stands in for MultiWorkerMirroredStrategy: one replica per worker
+        num_replicas_in_sync = 2
+
+        def distribute_datasets_from_function(self, fn):
+            return fn(None)
+
+    seen = []
+    for index, mine in ((0, range(0, 17)), (1, range(17, 33))):
+        place = Placement(TwoReplicas(), "multi_worker", "float32", workers=2, index=index, presharded=True)
+        local = tf.data.Dataset.from_tensor_slices(list(mine)).batch(8)  # a worker's pipeline, at the global batch
+        batches = [b.numpy().tolist() for b in place.shard(local, count=33, batch=8)]
+        assert len(batches) == 5 and all(1 <= len(b) <= 4 for b in batches), batches
+        seen += [x for b in batches for x in b]
+    assert sorted(seen) == list(range(33))  # every example once per epoch
+
+
+def test_a_folder_on_a_gfile_filesystem_loads_like_a_local_one(tmp_path):
+    """ram:// stands in for gs:// or s3:// (their plugins register the same way)."""
+    from tlkit.data.pipeline import cached_images
+
+    root = f"ram://tlkit-test-{os.getpid()}/photos"
+    for name, color in COLORS.items():
+        tf.io.gfile.makedirs(f"{root}/{name}")
+        for i in range(4):
+            with tf.io.gfile.GFile(f"{root}/{name}/{i}.jpg", "wb") as f:
+                f.write(_jpeg(color, seed=i))
+    with tf.io.gfile.GFile(f"{root}/blue/bad.jpg", "wb") as f:
+        f.write(b"<html>not found</html>")
+    bundle = load_data(Data(source=root, val_fraction=0.25), seed=0, progress=False)
+    assert bundle.class_names == ["blue", "red"]
+    assert [(p, why.split(" (")[0]) for p, why in bundle.skipped] == [(f"{root}/blue/bad.jpg", "not an image")]
+    assert sum(s.size for s in bundle.splits.values()) == 8
+    images = [img.numpy() for img, _ in cached_images(bundle.splits["train"], 16, cache=False)]
+    assert len(images) == bundle.splits["train"].size and all(im.shape == (16, 16, 3) for im in images)
+
+
+def test_workers_split_the_check_and_agree_on_every_verdict(tmp_path):
+    """Two workers (threads here; processes joined by a collective in a real run) each decode their shard only."""
+    import threading
+
+    from tlkit.data.scan import kept_images, scan_images, scan_options, shard_of
+
+    folder = _folder(tmp_path / "data", per_class=6)
+    paths = sorted(str(p) for p in folder.rglob("*.jpg"))
+    barrier, deposits, results = threading.Barrier(2), {}, {}
+
+    def all_sum(index):
+        def add(rows):
+            deposits[(index, rows.shape)] = rows
+            barrier.wait()
+            total = sum(v for (_, shape), v in deposits.items() if shape == rows.shape)
+            barrier.wait()
+            return total
+        return add
+
+    def worker(index):
+        with scan_options(16, remember=False, workers=2, index=index, all_sum=all_sum(index)):
+            scan = scan_images(paths, progress=False)
+            mine = [p for p in scan.good if shard_of(p, 2) == index]
+            theirs = [p for p in scan.good if shard_of(p, 2) != index]
+            kept = [all(kept_images([p], 16) is not None for p in mine), all(kept_images([p], 16) is None for p in theirs)]
+            results[index] = (scan, *kept)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    (a, *kept_a), (b, *kept_b) = results[0], results[1]
+    assert a.checked + b.checked == len(paths) and min(a.checked, b.checked) > 0  # each decoded only its shard
+    assert (a.good, a.bad, a.sizes) == (b.good, b.bad, b.sizes)  # and both know every verdict
+    assert [Path(p).name for p, _ in a.bad] == ["broken.jpg"] and a.bad[0][1].startswith("truncated or corrupt JPEG")
+    assert kept_a == kept_b == [True, True]  # each keeps the decoded images of its own shard, not the other's

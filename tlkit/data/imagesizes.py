@@ -1,0 +1,50 @@
+"""The images' own sizes, for `model.input_size: auto`: a seam beside the scan, not a second scan.
+
+A source that already knows its sizes (a scan that records them, a TFDS feature
+of fixed shape) puts them in `bundle.info["image_sizes"]`; otherwise a seeded
+sample of the training files is measured from their headers (Pillow reads only
+the header, a few hundred files take well under a second), and a split without
+files (TFDS) decodes its first few examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+SAMPLE = 256  # files whose headers are read: the median short side of 256 is stable to a few pixels
+DECODED_SAMPLE = 32  # examples decoded when a split has no files
+
+
+def _header_size(path: str) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Exception:  # the scan already decided the file is usable; a header Pillow cannot read is just not counted
+        return None
+    return int(height), int(width)
+
+
+def split_image_sizes(split: Any, seed: int = 0, sample: int = SAMPLE) -> list[tuple[int, int]]:
+    """(height, width) of up to `sample` images of a `SplitData`, from file headers or, without files, decoded."""
+    if split.paths:
+        paths = split.paths
+        if len(paths) > sample:
+            rng = np.random.default_rng(seed)
+            paths = [paths[i] for i in sorted(rng.choice(len(paths), sample, replace=False))]
+        return [size for size in map(_header_size, paths) if size is not None]
+    sizes = []
+    for image, _ in split.dataset.take(min(sample, DECODED_SAMPLE)):
+        sizes.append((int(image.shape[0]), int(image.shape[1])))
+    return sizes
+
+
+def image_sizes(bundle: Any, seed: int = 0) -> list[tuple[int, int]]:
+    """The training images' sizes: what the source recorded (`info["image_sizes"]`), else a measured sample."""
+    known = bundle.info.get("image_sizes")
+    if known:
+        return [(int(h), int(w)) for h, w in known]
+    return split_image_sizes(bundle.splits["train"], seed)
