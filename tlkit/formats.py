@@ -410,7 +410,15 @@ def _convert(converter: Any, job: ExportJob, calibration: list[np.ndarray], stag
     if job.quantize != "int8" or job.integer_io or job.float_convs < 1:
         return converter.convert()
     float_model = tf.lite.TFLiteConverter.from_saved_model(str(staging))  # the same graph, so the same tensor names
-    names = _conv_outputs(float_model.convert())[: job.float_convs]
+    convs = _conv_outputs(float_model.convert())
+    total, kept, names = sum(n for _, n in convs), 0, []
+    for name, weights in convs[: job.float_convs]:  # a stem: at most 10% of the weights (none in a tiny model)
+        kept += weights
+        if kept > 0.1 * total:
+            break
+        names.append(name)
+    if not names:
+        return converter.convert()
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=lambda: ([x] for x in calibration[:4]),
         debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names),
@@ -419,8 +427,8 @@ def _convert(converter: Any, job: ExportJob, calibration: list[np.ndarray], stag
     return debugger.get_nondebug_quantized_model()
 
 
-def _conv_outputs(model: bytes) -> list[str]:
-    """Output tensor names of the convolutions of a TFLite model, in execution order."""
+def _conv_outputs(model: bytes) -> list[tuple[str, int]]:
+    """(output tensor name, weight count) of the convolutions of a TFLite model, in execution order."""
     from ai_edge_litert import schema_py_generated as schema
 
     fb = schema.Model.GetRootAsModel(model, 0)
@@ -431,7 +439,8 @@ def _conv_outputs(model: bytes) -> list[str]:
         op = graph.Operators(i)
         code = fb.OperatorCodes(op.OpcodeIndex())
         if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) in convs:
-            names.append(graph.Tensors(op.Outputs(0)).Name().decode())
+            weights = int(np.prod(graph.Tensors(op.Inputs(1)).ShapeAsNumpy()))
+            names.append((graph.Tensors(op.Outputs(0)).Name().decode(), weights))
     return names
 
 
