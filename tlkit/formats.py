@@ -419,12 +419,14 @@ def _convert(converter: Any, job: ExportJob, calibration: list[np.ndarray], stag
         names.append(name)
     if not names:
         return converter.convert()
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=lambda: ([x] for x in calibration[:4]),
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names),
-    )
     job.notes["float_convolutions"] = len(names)
-    return debugger.get_nondebug_quantized_model()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")  # the debugger's own use
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=lambda: ([x] for x in calibration[:4]),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names),
+        )
+        return debugger.get_nondebug_quantized_model()
 
 
 def _conv_outputs(model: bytes) -> list[tuple[str, int]]:
