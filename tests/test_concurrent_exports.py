@@ -77,13 +77,16 @@ def test_a_reader_never_sees_a_partial_version(tiny_run, tmp_path):
     stop = threading.Event()
     problems: list[str] = []
 
-    def reader() -> None:  # what a server polling the model folder sees
-        while not stop.is_set():
+    def reader() -> None:  # what a server polling the model folder sees, until one last look after the exports
+        while True:
+            last = stop.is_set()
             for version in sorted(p for p in out.glob("*") if p.name.isdigit()) if out.is_dir() else []:
                 names = {p.name for p in version.iterdir()}
                 if names != {"model.tflite", "labels.txt", "metadata.json", "README.md"}:
                     problems.append(f"{version.name}: {sorted(names)}")
                 seen.append(version.name)
+            if last:
+                return
             time.sleep(0.001)
 
     thread = threading.Thread(target=reader)

@@ -452,17 +452,27 @@ def _convert(converter: Any, job: ExportJob, calibration: list[np.ndarray], stag
     if job.quantize != "int8" or job.integer_io or job.float_convs < 1:
         return converter.convert()
     float_model = tf.lite.TFLiteConverter.from_saved_model(str(staging))  # the same graph, so the same tensor names
-    names = _conv_outputs(float_model.convert())[: job.float_convs]
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=lambda: ([x] for x in calibration[:4]),
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names),
-    )
+    convs = _conv_outputs(float_model.convert())
+    total, kept, names = sum(n for _, n in convs), 0, []
+    for name, weights in convs[: job.float_convs]:  # a stem: at most 10% of the weights (none in a tiny model)
+        kept += weights
+        if kept > 0.1 * total:
+            break
+        names.append(name)
+    if not names:
+        return converter.convert()
     job.notes["float_convolutions"] = len(names)
-    return debugger.get_nondebug_quantized_model()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")  # the debugger's own use
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=lambda: ([x] for x in calibration[:4]),
+            debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=names),
+        )
+        return debugger.get_nondebug_quantized_model()
 
 
-def _conv_outputs(model: bytes) -> list[str]:
-    """Output tensor names of the convolutions of a TFLite model, in execution order."""
+def _conv_outputs(model: bytes) -> list[tuple[str, int]]:
+    """(output tensor name, weight count) of the convolutions of a TFLite model, in execution order."""
     from ai_edge_litert import schema_py_generated as schema
 
     fb = schema.Model.GetRootAsModel(model, 0)
@@ -473,7 +483,8 @@ def _conv_outputs(model: bytes) -> list[str]:
         op = graph.Operators(i)
         code = fb.OperatorCodes(op.OpcodeIndex())
         if max(code.BuiltinCode(), code.DeprecatedBuiltinCode()) in convs:
-            names.append(graph.Tensors(op.Outputs(0)).Name().decode())
+            weights = int(np.prod(graph.Tensors(op.Inputs(1)).ShapeAsNumpy()))
+            names.append((graph.Tensors(op.Outputs(0)).Name().decode(), weights))
     return names
 
 
