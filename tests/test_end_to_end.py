@@ -106,7 +106,7 @@ def test_user_errors_are_one_line_without_traceback(tmp_path):
         (["finetune", "--data", str(tmp_path / "nowhere")], "does not exist"),
         (["finetune", "--backbone", "mobilenet_v9", "--no-export"], "mobilenet"),
         (["finetune", "--set", "train.stages.0.optimiser=sgd"], "did you mean 'optimizer'"),
-        (["predict", str(tmp_path), str(tmp_path / "x.jpg")], "not a tlkit export"),
+        (["predict", str(tmp_path), str(tmp_path / "x.jpg")], "is not an export"),
     ]:
         proc = run_cli(*args, check=False)
         assert proc.returncode == 2, (args, proc.stderr)

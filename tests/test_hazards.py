@@ -256,12 +256,12 @@ def test_strict_mode_stops_before_training_and_writes_nothing(hazard_folder, tmp
         ({"train.stages.0.optimiser": "sgd"}, ["'train.stages.0.optimiser'", "did you mean 'optimizer'", "learning_rate"]),
         ({"train.batch_size": "many"}, ["'train.batch_size' = 'many'", "valid integer"]),
         ({"train.batch_size": 0}, ["'train.batch_size' = 0", "greater than 0"]),
-        ({"train.stages.0.epochs": -3}, ["'train.stages.0.epochs' = -3", "greater than 0"]),
+        ({"train.stages.0.epochs": -3}, ["'train.stages.0.epochs' = -3", "positive number"]),
         ({"train.stages.0.learning_rate": 0}, ["'train.stages.0.learning_rate' = 0", "greater than 0"]),
         ({"train.stages.0.optimizer": "rmsprop"}, ["'train.stages.0.optimizer' = 'rmsprop'", "'adam', 'adamw' or 'sgd'"]),
         ({"model.head.dropout": -0.5}, ["'model.head.dropout' = -0.5", "greater than or equal to 0"]),
         ({"data.val_fraction": 1.5}, ["'data.val_fraction' = 1.5", "less than 1"]),
-        ({"model.input_size": 0}, ["'model.input_size' = 0", "greater than 0"]),
+        ({"model.input_size": 0}, ["'model.input_size' = 0", "positive number"]),
         # scratch's smallest input follows its blocks: the first block whose map would vanish is named
         ({"model.input_size": 2}, ["scratch block 2: max pooling 2 (stride 2) on 1x1 gives 0x0", "model.input_size"]),
         (

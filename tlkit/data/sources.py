@@ -40,6 +40,15 @@ def load_data(data: Any, seed: int, task: Any, progress: bool = True) -> DataBun
     return bundle
 
 
+def require_source(data: Any) -> None:
+    """A plain path that is not there fails now, before any download (the task's reader would only say it later)."""
+    source = data.source.strip()
+    prefix, sep, rest = source.partition(":")
+    if rest.startswith("//") or (sep and len(prefix) > 1) or Path(source).exists():
+        return
+    raise TlkitError(f"data source '{source}' does not exist: give a folder of your images, tfds:NAME or builtin:shapes")
+
+
 def _load(data: Any, seed: int, task: Any, progress: bool) -> DataBundle:
     """A plain path is the task's folder layout; `prefix:REST` goes to the registered source."""
     source = data.source.strip()

@@ -22,6 +22,7 @@ import keras
 
 from tlkit import distribute, runs
 from tlkit.data.scan import scan_options
+from tlkit.data.sources import require_source
 from tlkit.errors import TlkitError
 from tlkit.models.parts import probability_fn
 from tlkit.models.stages import apply_stage, fetch_pretrained, input_size, load_run_model, resolve_batchnorm, weights_of
@@ -228,6 +229,7 @@ class FineTuneRun:
     def prepare(self) -> None:
         """Data, run directory, pipelines and model, then the summary."""
         self.task.check(self.rec)
+        require_source(self.rec.data)  # a wrong path fails before any download
         fetch_pretrained(self.rec)  # offline, fail before reading the data, not after
         seed_and_determinism(self.rec.seed, self.rec.runtime.deterministic)
         self._load_data()
