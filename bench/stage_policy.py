@@ -21,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from own_photos import class_view  # noqa: E402  (the pets photos as 3 breed folders, one definition)
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FLOWERS = SHARED / "classification" / "flowers_128"
@@ -69,18 +72,6 @@ CONFIGS: dict[str, list[str]] = {
 }
 
 
-def pets_class_view(tmp: Path) -> Path:
-    """The pets photos as class folders (class = file name up to its last '_'), by symlink."""
-    root = tmp / "pets3"
-    for image in sorted(PETS.iterdir()):
-        if image.suffix.lower() not in {".jpg", ".jpeg", ".png"}:
-            continue
-        folder = root / image.stem.rsplit("_", 1)[0]
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / image.name).symlink_to(image)
-    return root
-
-
 def run(source: Path, size: int, overrides: list[str], tmp: Path, name: str) -> dict:
     import tlkit
 
@@ -123,7 +114,7 @@ def main() -> int:
     size = args.size or (128 if args.data == "flowers" else 224)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        source = FLOWERS if args.data == "flowers" else pets_class_view(Path(tmp))
+        source = FLOWERS if args.data == "flowers" else class_view(Path(tmp))
         for name in args.configs:
             rows.append(run(source, size, CONFIGS[name], Path(tmp), name))
             row = rows[-1]
