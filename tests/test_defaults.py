@@ -80,18 +80,21 @@ def test_own_folder_default_with_backbone_scratch_adapts_to_the_images(tmp_path)
     """`tlkit finetune --data DIR --backbone scratch`: the own-images default, offline, sized from the images."""
     from PIL import Image
 
+    from conftest import load_data
     from tlkit.data.imagesizes import image_sizes
+    from tlkit.recipe import Data
     from tlkit.tasks import get_task
     from tlkit.train.adapt import resolve_auto
     from tlkit.train.run import run_recipe
 
-    paths = []
     for i in range(16):  # short sides 20 (12 images) and 200 (4): the median is 20
         side = 20 if i % 4 else 200
-        paths.append(str(tmp_path / f"{i}.png"))
-        Image.new("RGB", (side + 7, side)).save(paths[-1])
-    bundle = SimpleNamespace(info={}, splits={"train": SimpleNamespace(size=16, paths=paths)})
-    assert sorted(image_sizes(bundle))[0] == (20, 27)
+        (tmp_path / "ab"[i % 2]).mkdir(exist_ok=True)
+        Image.new("RGB", (side + 7, side)).save(tmp_path / "ab"[i % 2] / f"{i}.png")
+    bundle = load_data(Data(source=str(tmp_path), val_fraction=0.25), seed=0)  # the scan's sizes, as finetune reads them
+    assert sorted(image_sizes(bundle))[0] == (20, 27) and len(image_sizes(bundle)) == 16
+    header_only = SimpleNamespace(info={}, splits={"train": bundle.splits["train"]})  # a source without recorded sizes
+    assert sorted(image_sizes(header_only))[0] == (20, 27)
 
     rec = run_recipe(data=str(tmp_path), backbone="scratch", batch_size=8)
     assert rec.name == "own_images" and rec.model.weights is None  # scratch's own default: no weights to fetch

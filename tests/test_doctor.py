@@ -158,3 +158,15 @@ def test_tfds_source_from_a_recipe(tfds_dir, tmp_path):
     (tmp_path / "exclude.txt").write_text("val/0\nval/3\n")
     bundle = load_recipe_data(load_recipe(str(recipe), {"data.exclude": str(tmp_path / "exclude.txt")}), progress=False)
     assert bundle.splits["val"].size == 38 and sorted(bundle.excluded) == ["val/0", "val/3"]
+
+
+def test_model_of_a_run_gives_the_features(dirty, tiny_run):
+    """--model RUN_DIR: the run's own pooled features (and its input size) find the same planted problems."""
+    proc = run_cli("doctor", str(dirty["root"]), "--model", str(tiny_run), "--json", "--quiet")
+    report = json.loads(proc.stdout)
+    summary, findings = report["summary"], report["findings"]
+    assert str(tiny_run) in summary["features"] and "32x32" in summary["features"]
+    assert _with(findings, "conflicting_labels", dirty["conflict"]) and _with(findings, "unreadable", dirty["corrupt"])
+    assert all(f["suggested_label"] in (None, *CLASSES) for f in findings if f["issue"] == "label")
+    bad = run_cli("doctor", str(dirty["root"]), "--model", str(dirty["root"]), check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and str(dirty["root"]) in bad.stderr
