@@ -197,3 +197,39 @@ def test_workers_split_the_check_and_agree_on_every_verdict(tmp_path):
     assert (a.good, a.bad, a.sizes) == (b.good, b.bad, b.sizes)  # and both know every verdict
     assert [Path(p).name for p, _ in a.bad] == ["broken.jpg"] and a.bad[0][1].startswith("truncated or corrupt JPEG")
     assert kept_a == kept_b == [True, True]  # each keeps the decoded images of its own shard, not the other's
+
+
+def test_decoded_copies_are_kept_for_the_next_run(tmp_path, monkeypatch):
+    """The next run on a folder at the same size decodes nothing (a changed file again); copies equal a decode."""
+    from tlkit.data.decode import decode_resized
+    from tlkit.data.pipeline import image_stream
+    from tlkit.data.scan import kept_images, scan_images, scan_options
+
+    monkeypatch.setenv("TLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    folder = _folder(tmp_path / "data")
+    paths = sorted(str(p) for p in folder.rglob("*.jpg"))
+    good = [p for p in paths if not p.endswith("broken.jpg")]
+
+    def run(size=16, **options):
+        with scan_options(size, **options):
+            scan = scan_images(paths, root=folder, progress=False)
+            ds, read_copies = image_stream(good, [0] * len(good), size)
+            return scan.checked, read_copies, [img.numpy() for img, _ in ds]
+
+    assert run()[:2] == (11, True)  # first run: every file decoded once, by the scan
+    checked, read_copies, images = run()
+    assert (checked, read_copies) == (0, True)  # next run: no decode at all
+    for path, image in zip(good, images):
+        assert np.array_equal(image, decode_resized(tf.io.read_file(path), 16).numpy())
+    assert run(size=8)[0] == 10  # another input size: its own copies (the broken file is remembered as bad)
+    changed = folder / "blue" / "0.jpg"
+    changed.write_bytes(_jpeg((0, 200, 0), seed=9))
+    os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
+    checked, _, images = run()
+    assert checked == 1 and images[good.index(str(changed))][..., 1].mean() > 150  # the new picture, not the old copy
+    assert run(rescan=True)[0] == 11
+    monkeypatch.setenv("TLKIT_DECODED_CACHE_MB", "0")  # no room: copies live only while the run does
+    with scan_options(16):
+        assert scan_images(paths, root=folder, progress=False).checked == 0  # verdicts are still remembered
+        assert kept_images(good, 16) is None and not image_stream(good, [0] * len(good), 16)[1]
+    assert not list((tmp_path / "cache").rglob("*.tmp"))  # nothing half-written left behind

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from tlkit.data.bundle import SplitData
 from tlkit.data.decode import decode_resized, resize_image
-from tlkit.data.scan import kept_images
+from tlkit.data.scan import kept_files
 from tlkit.recipe import Augment
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -90,24 +90,28 @@ def cached_images(
 def image_stream(paths: list[str], targets: Any, size: int) -> tuple[tf.data.Dataset, bool]:
     """((uint8 image at `size`, target) of image files, whether it reads the scan's decoded copies).
 
-    The copies this run's scan kept (tlkit.data.scan) when it made them for every file, else each file
-    decoded now at the cheapest JPEG scale that covers `size` (`decode_resized`).
+    The copies this run's scan kept (tlkit.data.scan, or kept from an earlier run: tlkit.data.decoded) where
+    there are some, else each file decoded now at the cheapest JPEG scale that covers `size` (`decode_resized`).
     """
-    kept = kept_images(paths, size)
-    if kept is not None:
-        files = tf.constant([os.fsencode(f) for f in kept])
+    kept = kept_files(paths, size)
+    have = [f is not None for f in kept]
+    files = tf.constant([os.fsencode(k if k is not None else p) for k, p in zip(kept, paths)])
 
-        def load(file: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            image = tf.io.parse_tensor(tf.io.read_file(file), tf.uint8)
-            return tf.ensure_shape(image, [size, size, 3]), target
-    else:
-        files = tf.constant([os.fsencode(p) for p in paths])
+    def read_copy(file: tf.Tensor) -> tf.Tensor:
+        return tf.ensure_shape(tf.io.parse_tensor(tf.io.read_file(file), tf.uint8), [size, size, 3])
 
-        def load(file: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-            return decode_resized(tf.io.read_file(file), size), target
+    def decode(file: tf.Tensor) -> tf.Tensor:
+        return decode_resized(tf.io.read_file(file), size)
 
-    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(targets)))
-    return ds.map(load, num_parallel_calls=AUTOTUNE), kept is not None
+    if all(have) or not any(have):
+        read = read_copy if all(have) else decode
+        ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(targets)))
+        return ds.map(lambda file, target: (read(file), target), num_parallel_calls=AUTOTUNE), all(have)
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(have), tf.constant(targets)))
+    return ds.map(
+        lambda file, is_copy, target: (tf.cond(is_copy, lambda: read_copy(file), lambda: decode(file)), target),
+        num_parallel_calls=AUTOTUNE,
+    ), False
 
 
 def cache_dataset(ds: tf.data.Dataset, nbytes: int, cache: bool, cache_dir: str | Path | None, name: str) -> tf.data.Dataset:

@@ -30,7 +30,6 @@ is the plain eager check of a list of files, unchanged.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import json
 import os
 import shutil
@@ -47,11 +46,13 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit.data.decode import check_decodes, check_file, decode_for_size, is_url
+from tlkit.data.decoded import DecodedStore, cache_home, folder_digest
 
 __all__ = [
     "ScanOptions",
     "ScanResult",
     "cache_home",
+    "kept_files",
     "kept_images",
     "scan_images",
     "scan_options",
@@ -64,20 +65,13 @@ _PROGRESS_MIN_FILES = 200
 _SUM_CHUNK = 1 << 20  # verdict rows summed across workers per collective
 
 
-def cache_home() -> Path:
-    """tlkit's cache folder: ``$TLKIT_CACHE_DIR``, else ``$XDG_CACHE_HOME/tlkit``, else ``~/.cache/tlkit``."""
-    explicit = os.environ.get("TLKIT_CACHE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tlkit"
-
-
 def verdict_file(root: str | os.PathLike[str]) -> Path:
     """Where the verdicts of the folder (or CSV, or bucket path) `root` are remembered."""
-    name = os.fspath(root) if is_url(root) else os.path.abspath(os.fspath(root))
-    digest = hashlib.sha1(os.fsencode(name)).hexdigest()[:16]
-    return cache_home() / "scans" / f"{digest}.json"
+    return cache_home() / "scans" / f"{folder_digest(_absolute(root))}.json"
+
+
+def _absolute(root: str | os.PathLike[str]) -> str:
+    return os.fspath(root) if is_url(root) else os.path.abspath(os.fspath(root))
 
 
 def shard_of(path: str, workers: int) -> int:
@@ -128,10 +122,15 @@ def current_options() -> ScanOptions:
     return _OPTIONS.get() or ScanOptions()
 
 
+def kept_files(paths: Sequence[str], size: int) -> list[str | None]:
+    """The file holding each of `paths` decoded at `size` by this run's scan (or kept from an earlier run), else None."""
+    kept = current_options().kept
+    return [kept.get((p, size)) for p in paths]
+
+
 def kept_images(paths: Sequence[str], size: int) -> list[str] | None:
     """Files holding `paths` decoded at `size` by this run's scan, or None unless every one was kept."""
-    kept = current_options().kept
-    files = [kept.get((p, size)) for p in paths]
+    files = kept_files(paths, size)
     return None if any(f is None for f in files) else files  # type: ignore[return-value]
 
 
@@ -211,27 +210,23 @@ def _path_tensor(paths: Sequence[str]) -> tf.Tensor:
     return tf.constant([os.fsencode(p) for p in paths], tf.string)
 
 
-def _decode_pass(paths: list[str], options: ScanOptions, progress: bool) -> dict[int, tuple[int, int]]:
+def _decode_pass(paths: list[str], options: ScanOptions, progress: bool, targets: list[str] | None) -> dict[int, tuple[int, int]]:
     """Decode `paths` in one parallel tf.data pass; index -> (width, height) of those that decode.
 
-    With `options.size` each image is also resized and written (uint8 tensor proto) to the keep folder.
+    With `targets` each image is also resized to `options.size` and written (uint8 tensor proto) to its target.
     """
     size = options.size
-    if size is not None and options.keep_dir is None:
-        options.keep_dir = Path(tempfile.mkdtemp(prefix="tlkit-decoded-"))  # removed when scan_options ends
-    options.passes += 1
-    keep = os.fsencode(os.path.join(options.keep_dir, f"{options.passes}-")) if size is not None else None
 
-    def check(i: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def check(i: tf.Tensor, path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         contents = tf.io.read_file(path)
-        if keep is None:
+        if targets is None:
             return i, check_decodes(contents)
         small, hw = decode_for_size(contents, size)
-        target = tf.strings.join([keep, tf.strings.as_string(i), b".tensor"])
         with tf.control_dependencies([tf.io.write_file(target, tf.io.serialize_tensor(small))]):
             return i, tf.identity(hw)
 
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), _path_tensor(paths)))
+    outputs = _path_tensor(targets) if targets is not None else tf.zeros([len(paths)], tf.string)
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), _path_tensor(paths), outputs))
     ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(64)
     found: dict[int, tuple[int, int]] = {}
     with _progress(len(paths), progress) as update:
@@ -261,15 +256,37 @@ def _progress(n: int, show: bool) -> Iterator[Callable[[int], None]]:
 # ----------------------------------------------------------------------------- the scan
 
 
-def _check_mine(paths: list[str], options: ScanOptions, progress: bool) -> dict[str, tuple[str | None, tuple[int, int]]]:
-    """This worker's verdicts on `paths`: path -> (reason or None, (width, height))."""
-    found = _decode_pass(paths, options, progress) if paths else {}
+def _targets(paths: list[str], options: ScanOptions, store: DecodedStore | None, stats: dict) -> list[tuple[str, str]] | None:
+    """(written as, kept as) for each decoded copy: in the run's store under a temporary name (renamed once
+    complete), else in a temporary folder removed when the run ends; None when nothing is kept."""
+    if options.size is None or not paths:
+        return None
+    if store is not None and all(stats[p] is not None for p in paths):
+        finals = [store.target(p, stats[p]) for p in paths]
+        return [(f"{f}.{os.getpid()}.tmp", f) for f in finals]
+    if options.keep_dir is None:
+        options.keep_dir = Path(tempfile.mkdtemp(prefix="tlkit-decoded-"))  # removed when scan_options ends
+    options.passes += 1
+    files = [os.path.join(options.keep_dir, f"{options.passes}-{i}.tensor") for i in range(len(paths))]
+    return list(zip(files, files))
+
+
+def _check_mine(
+    paths: list[str], options: ScanOptions, progress: bool, store: DecodedStore | None = None, stats: dict | None = None
+) -> dict[str, tuple[str | None, tuple[int, int]]]:
+    """This worker's verdicts on `paths`: path -> (reason or None, (width, height)); the decoded copies kept."""
+    targets = _targets(paths, options, store, stats or {})
+    found = _decode_pass(paths, options, progress, [t[0] for t in targets] if targets else None) if paths else {}
     verdicts: dict[str, tuple[str | None, tuple[int, int]]] = {}
     for i, path in enumerate(paths):
         if i in found:
             verdicts[path] = (None, found[i])
-            if options.size is not None and options.keep_dir is not None:
-                options.kept[(path, options.size)] = os.path.join(options.keep_dir, f"{options.passes}-{i}.tensor")
+            if targets is not None:
+                written, kept = targets[i]
+                if written != kept:
+                    os.replace(written, kept)
+                    store.add(path, stats[path], kept)  # type: ignore[union-attr, index]
+                options.kept[(path, options.size)] = kept  # type: ignore[index]
             continue
         reason = check_file(path)  # the same words as ever for a file the pass dropped
         verdicts[path] = (reason, (0, 0) if reason else _size_of(path))  # fine alone: the pass failed around it
@@ -332,14 +349,41 @@ def scan_images(
     verdicts = {p: (e[2], (int(e[3]), int(e[4]))) for p, e, f in zip(unique, entries, flags[:, 0]) if not f}
     unknown = [p for p, f in zip(unique, flags[:, 0]) if f]
     mine = [p for p in unknown if shard_of(p, options.workers) == options.index]
-    checked = _check_mine(mine, options, progress)
+    store = _store(root, len(unique), options)
+    again = _from_store(store, verdicts, stats, options)  # known good, but no copy at this size yet
+    checked = _check_mine(mine + again, options, progress, store, stats)
     if options.workers > 1 and options.all_sum is not None and unknown:
-        checked = _share(unknown, checked, options)
+        checked = {**_share(unknown, {p: checked[p] for p in mine}, options), **{p: checked[p] for p in again}}
     for p, (reason, size) in checked.items():
         verdicts[p] = (reason, size)
         memory.record(p, stats[p], reason, size)
     memory.save()
+    if store is not None:
+        store.save()
     good = [p for p in str_paths if verdicts[p][0] is None]
     bad = [(p, verdicts[p][0]) for p in str_paths if verdicts[p][0] is not None]
     sizes = {p: verdicts[p][1] for p in good}
-    return ScanResult(good, bad, sizes, len(mine), time.perf_counter() - started)  # type: ignore[arg-type]
+    return ScanResult(good, bad, sizes, len(mine) + len(again), time.perf_counter() - started)  # type: ignore[arg-type]
+
+
+def _store(root: str | os.PathLike[str] | None, images: int, options: ScanOptions) -> DecodedStore | None:
+    """The store that keeps this run's decoded copies for the next run (tlkit.data.decoded), if they fit."""
+    if options.size is None or root is None or not options.remember or not DecodedStore.fits(images, options.size):
+        return None
+    return DecodedStore(_absolute(root), options.size, options.index, fresh=options.rescan)
+
+
+def _from_store(store: DecodedStore | None, verdicts: dict, stats: dict, options: ScanOptions) -> list[str]:
+    """Remembered good files of this worker's shard: their kept copies go to the run; those without one are returned."""
+    if store is None:
+        return []
+    missing = []
+    for path, (reason, _) in verdicts.items():
+        if reason is not None or shard_of(path, options.workers) != options.index:
+            continue
+        copy = store.copy_of(path, stats[path])
+        if copy is None:
+            missing.append(path)
+        else:
+            options.kept[(path, options.size)] = copy  # type: ignore[index]
+    return missing
