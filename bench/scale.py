@@ -81,7 +81,12 @@ CHILD = textwrap.dedent(
             keep = current_options().keep_dir
         except ImportError:  # a checkout from before the scan module
             keep = None
-        marks["cache_bytes"] = folder_bytes(self.cache) + (folder_bytes(keep) if keep else 0)
+        try:  # the decoded copies kept between runs
+            from tlkit.data.decoded import cache_home
+            store = cache_home() / "decoded"
+        except ImportError:  # a checkout from before the store
+            store = None
+        marks["cache_bytes"] = folder_bytes(self.cache) + sum(folder_bytes(d) for d in (keep, store) if d)
 
     run_module.FineTuneRun.run_stage = run_stage
     from tlkit.data import pipeline

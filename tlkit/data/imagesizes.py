@@ -17,25 +17,36 @@ SAMPLE = 256  # files whose headers are read: the median short side of 256 is st
 DECODED_SAMPLE = 32  # examples decoded when a split has no files
 
 
-def _header_size(path: str) -> tuple[int, int] | None:
+def header_size(path: str) -> tuple[int, int] | None:
+    """(height, width) from the file's header (Pillow reads no pixels; `gs://`-style paths through tf.io.gfile)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception:  # the scan already decided the file is usable; a header Pillow cannot read is just not counted
+        if "://" in path:
+            import tensorflow as tf
+
+            with tf.io.gfile.GFile(path, "rb") as f, Image.open(f) as image:
+                width, height = image.size
+        else:
+            with Image.open(path) as image:
+                width, height = image.size
+    except Exception:  # a header Pillow cannot read is just not counted (the scan decides whether the file is usable)
         return None
     return int(height), int(width)
+
+
+def sample_paths(paths: list[str], seed: int = 0, sample: int = SAMPLE) -> list[str]:
+    """A seeded sample of `paths` (all of them up to `sample`), the same in every process."""
+    if len(paths) <= sample:
+        return list(paths)
+    rng = np.random.default_rng(seed)
+    return [paths[i] for i in sorted(rng.choice(len(paths), sample, replace=False))]
 
 
 def split_image_sizes(split: Any, seed: int = 0, sample: int = SAMPLE) -> list[tuple[int, int]]:
     """(height, width) of up to `sample` images of a `SplitData`, from file headers or, without files, decoded."""
     if split.paths:
-        paths = split.paths
-        if len(paths) > sample:
-            rng = np.random.default_rng(seed)
-            paths = [paths[i] for i in sorted(rng.choice(len(paths), sample, replace=False))]
-        return [size for size in map(_header_size, paths) if size is not None]
+        return [size for size in map(header_size, sample_paths(split.paths, seed, sample)) if size is not None]
     sizes = []
     for image, _ in split.dataset.take(min(sample, DECODED_SAMPLE)):
         sizes.append((int(image.shape[0]), int(image.shape[1])))

@@ -84,6 +84,8 @@ class ScanOptions:
     """What a run asks of the scans made while its data is read (see :func:`scan_options`)."""
 
     size: int | None = None  # decode at this model size and keep the images for the pipelines
+    auto: Callable[[list[tuple[int, int]]], Any] | None = None  # with no size: picks it from (height, width) pairs
+    auto_choice: Any = None  # what `auto` returned (has .size and .reason), once a scan has asked it
     rescan: bool = False  # ignore remembered verdicts (they are rewritten)
     remember: bool = True
     workers: int = 1
@@ -106,9 +108,15 @@ def scan_options(
     workers: int = 1,
     index: int = 0,
     all_sum: Callable[[np.ndarray], np.ndarray] | None = None,
+    auto: Callable[[list[tuple[int, int]]], Any] | None = None,
 ) -> Iterator[ScanOptions]:
-    """Scans (and pipelines) inside the block use these options; kept images are deleted when it ends."""
-    options = ScanOptions(size, rescan, remember, workers, index, all_sum)
+    """Scans (and pipelines) inside the block use these options; kept images are deleted when it ends.
+
+    `auto` (with no `size`): the first scan picks the size from a seeded sample of its files' sizes
+    (remembered, else read from the headers) before it decodes anything, so `model.input_size: auto`
+    still costs one decode per image.
+    """
+    options = ScanOptions(size, auto, None, rescan, remember, workers, index, all_sum)
     token = _OPTIONS.set(options)
     try:
         yield options
@@ -344,6 +352,8 @@ def scan_images(
     stats = {p: _stat(p) for p in str_paths}
     unique = list(dict.fromkeys(str_paths))
     entries = [memory.known(p, stats[p]) for p in unique]
+    if options.size is None and options.auto is not None:
+        _choose_size(unique, dict(zip(unique, entries)), options)
     # every worker must agree on what is checked: a file unknown to any of them is checked (by its shard's worker)
     flags = _summed(np.array([[e is None] for e in entries], np.int64).reshape(-1, 1), options)
     verdicts = {p: (e[2], (int(e[3]), int(e[4]))) for p, e, f in zip(unique, entries, flags[:, 0]) if not f}
@@ -364,6 +374,25 @@ def scan_images(
     bad = [(p, verdicts[p][0]) for p in str_paths if verdicts[p][0] is not None]
     sizes = {p: verdicts[p][1] for p in good}
     return ScanResult(good, bad, sizes, len(mine) + len(again), time.perf_counter() - started)  # type: ignore[arg-type]
+
+
+def _choose_size(paths: list[str], entries: dict[str, Any], options: ScanOptions) -> None:
+    """Set `options.size` from a sample of the files' (height, width): remembered ones, else their headers.
+
+    The sample does not depend on what this process remembers, so every worker picks the same size."""
+    from tlkit.data.imagesizes import header_size, sample_paths
+
+    sizes = []
+    for path in sample_paths(paths):
+        entry = entries[path]
+        if entry is None:
+            found = header_size(path)
+            if found is not None:
+                sizes.append(found)
+        elif entry[2] is None:
+            sizes.append((int(entry[4]), int(entry[3])))
+    options.auto_choice = options.auto(sizes)
+    options.size = int(options.auto_choice.size)
 
 
 def _store(root: str | os.PathLike[str] | None, images: int, options: ScanOptions) -> DecodedStore | None:

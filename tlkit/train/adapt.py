@@ -12,6 +12,7 @@ from typing import Any
 
 from tlkit.data.autosize import auto_input_size
 from tlkit.data.imagesizes import image_sizes
+from tlkit.data.scan import current_options
 from tlkit.models.backbones import get_backbone
 from tlkit.recipe import Recipe, Stage
 
@@ -32,13 +33,23 @@ def steps_per_epoch(train_images: int, global_batch: int) -> int:
     return max(1, math.ceil(train_images / max(1, global_batch)))
 
 
+def scan_size(rec: Recipe) -> dict[str, Any]:
+    """How the run's scan decodes: at the recipe's size, or (`auto`) at the size the scan picks from the files."""
+    if rec.model.input_size != "auto":
+        return {"size": int(rec.model.input_size)}
+    spec = get_backbone(rec.model.backbone)
+    return {"auto": lambda sizes: auto_input_size(sizes, spec.default_size, spec.min_size, backbone=spec.name)}
+
+
 def resolve_auto(rec: Recipe, bundle: Any, replicas: int = 1) -> tuple[Recipe, list[str]]:
     """The recipe with every `auto` replaced by its number, and one line per choice for the summary."""
     notes: list[str] = []
     model = rec.model
     if model.input_size == "auto":
         spec = get_backbone(model.backbone)
-        choice = auto_input_size(image_sizes(bundle, rec.seed), spec.default_size, spec.min_size, backbone=spec.name)
+        choice = current_options().auto_choice  # the scan of image files picked it before decoding them
+        if choice is None:  # no files were scanned (TFDS, image + mask folders)
+            choice = auto_input_size(image_sizes(bundle, rec.seed), spec.default_size, spec.min_size, backbone=spec.name)
         model = model.model_copy(update={"input_size": choice.size})
         notes.append(f"input     {choice.reason}")
     steps = steps_per_epoch(bundle.splits["train"].size, rec.train.batch_size * replicas)

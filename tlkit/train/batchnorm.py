@@ -30,9 +30,14 @@ def _batchnorms(model: keras.Model) -> list[keras.layers.BatchNormalization]:
 def adapt_batchnorm(model: keras.Model, batches: Any, max_batches: int) -> int:
     """Set every backbone BatchNorm's moving statistics to the mean over up to `max_batches` batches; returns how many.
 
-    The k-th batch enters with momentum k/(k+1), so the result is the plain average of the
-    batch statistics (the first batch replaces ImageNet's). Nothing else changes.
+    One traced forward pass in training mode per batch with momentum 0 (the moving
+    statistics become that batch's), summed here: the plain average of the batch
+    statistics. Traced, not eager: on flowers_128 the eager loop cost 20 s of a 95 s run.
+    Nothing else changes.
     """
+    import numpy as np
+    import tensorflow as tf
+
     try:
         preprocess = model.get_layer("preprocess")
     except ValueError:
@@ -44,14 +49,22 @@ def adapt_batchnorm(model: keras.Model, batches: Any, max_batches: int) -> int:
     saved = [(layer.trainable, layer.momentum) for layer in layers]
     was_trainable = backbone.trainable
     backbone.trainable = True
+    for layer in layers:
+        layer.trainable, layer.momentum = True, 0.0
+    forward = tf.function(lambda images: backbone(preprocess(images), training=True), reduce_retracing=True)
+    sums = [[np.zeros(layer.moving_mean.shape), np.zeros(layer.moving_variance.shape)] for layer in layers]
     count = 0
     try:
         for images, _ in batches.take(max_batches):
-            for layer in layers:
-                layer.trainable = True
-                layer.momentum = count / (count + 1.0)
-            backbone(preprocess(images), training=True)
+            forward(images)
+            for total, layer in zip(sums, layers):
+                total[0] += np.asarray(layer.moving_mean)
+                total[1] += np.asarray(layer.moving_variance)
             count += 1
+        for (mean, variance), layer in zip(sums, layers):
+            if count:
+                layer.moving_mean.assign(mean / count)
+                layer.moving_variance.assign(variance / count)
     finally:
         backbone.trainable = was_trainable
         for layer, (trainable, momentum) in zip(layers, saved):

@@ -29,7 +29,7 @@ from tlkit.models.stages import apply_stage, fetch_pretrained, input_size, load_
 from tlkit.recipe import Recipe, Stage, parse_override, shortcut_overrides
 from tlkit.runtime import seed_and_determinism
 from tlkit.tasks import get_task, load_data, load_recipe
-from tlkit.train.adapt import resolve_auto
+from tlkit.train.adapt import resolve_auto, scan_size
 from tlkit.train.batchnorm import adapt_batchnorm
 from tlkit.train.callbacks import (
     BestCheckpoint,
@@ -90,7 +90,7 @@ def finetune(
         state = runs.read_json(run_path / runs.STATE) if (run_path / runs.STATE).is_file() else {}
     else:
         rec = run_recipe(recipe, overrides, **flags)
-    with distribute.placed(rec.runtime) as place, scan_options(input_size(rec), rescan=rescan, **place.scan_sharing()):
+    with distribute.placed(rec.runtime) as place, scan_options(rescan=rescan, **scan_size(rec), **place.scan_sharing()):
         run = FineTuneRun(
             rec, place, run_path, state, run_dir=run_dir, quiet=quiet, export=export, report=report, started=started
         )
