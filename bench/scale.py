@@ -250,7 +250,7 @@ def measure(n: int, work: Path, pool: list[list[bytes]], startup: dict, pythonpa
     folder = make_folder(work / f"photos{n}", n, pool)
     row: dict = {"images": n, "D": plain_pass(folder), "D8": plain_pass(folder, ratio=8)}
     recipe = recipe_file(work, folder, f"scale{n}")
-    cache = work / f"cache{n}"
+    cache = work / f"cache{n}-{abs(hash(pythonpath))}"  # per checkout: one must not find the other's verdicts
     for run in ("first", "second"):
         r = finetune(recipe, work / "run", cache, pythonpath)
         row[run] = r

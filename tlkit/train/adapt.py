@@ -14,6 +14,7 @@ from tlkit.data.autosize import auto_input_size
 from tlkit.data.imagesizes import image_sizes
 from tlkit.data.scan import current_options
 from tlkit.models.backbones import get_backbone
+from tlkit.models.stages import input_size
 from tlkit.recipe import Recipe, Stage
 
 
@@ -36,7 +37,7 @@ def steps_per_epoch(train_images: int, global_batch: int) -> int:
 def scan_size(rec: Recipe) -> dict[str, Any]:
     """How the run's scan decodes: at the recipe's size, or (`auto`) at the size the scan picks from the files."""
     if rec.model.input_size != "auto":
-        return {"size": int(rec.model.input_size)}
+        return {"size": input_size(rec)}  # the backbone's default when the recipe gives none
     spec = get_backbone(rec.model.backbone)
     return {"auto": lambda sizes: auto_input_size(sizes, spec.default_size, spec.min_size, backbone=spec.name)}
 

@@ -17,7 +17,8 @@ import numpy as np
 import tensorflow as tf
 
 from tlkit.data.bundle import DataBundle, SplitData, fail_on_bad, file_split, split_folders, stratified_split
-from tlkit.data.decode import IMAGE_EXTENSIONS, decode_image, scan_files
+from tlkit.data.decode import IMAGE_EXTENSIONS, decode_image
+from tlkit.data.scan import scan_images
 from tlkit.errors import TlkitError
 
 IGNORE = 255  # class index of pixels left out of loss and metrics
@@ -85,7 +86,8 @@ def read_mask(path: str) -> np.ndarray:
     return np.ascontiguousarray(arr.astype(np.uint8))
 
 
-def _decode_mask_file(path: tf.Tensor) -> tf.Tensor:
+def decode_mask_file(path: tf.Tensor) -> tf.Tensor:
+    """A mask file as uint8 [H, W, 1] inside the tf.data graph (read as `read_mask` does)."""
     mask = tf.numpy_function(lambda p: read_mask(p.decode())[..., None], [path], tf.uint8, stateful=False)
     return tf.ensure_shape(mask, [None, None, 1])
 
@@ -104,12 +106,17 @@ def _files_by_stem(folder: Path, extensions: set[str] | None) -> dict[str, str]:
 
 
 def check_pairs(
-    pairs: list[tuple[str, str | None]], mapping: MaskMapping, progress: bool = True
+    pairs: list[tuple[str, str | None]], mapping: MaskMapping, progress: bool = True, root: str | None = None
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """(usable pairs, [(path, reason)]): undecodable images, missing or undecodable masks, unexpected values."""
+    """(usable pairs, [(path, reason)]): undecodable images, missing or undecodable masks, unexpected values.
+
+    The images go through the run's scan (tlkit.data.scan: verdicts remembered for `root`, and inside a
+    run each image decoded once, at the model size, for the pipeline); the masks are read here for their values.
+    """
     import keras
 
-    good_images, bad = scan_files([img for img, _ in pairs], progress=progress)
+    scan = scan_images([img for img, _ in pairs], root=root, progress=progress)
+    good_images, bad = scan.good, list(scan.bad)
     ok_images = set(good_images)
     usable: list[tuple[str, str]] = []
     bar = keras.utils.Progbar(len(pairs), unit_name="mask", verbose=1 if progress and os.isatty(2) else 0)
@@ -153,7 +160,7 @@ def segmentation_folder(path: str, data: Any, seed: int, progress: bool = True) 
     everything = [p for items in pairs.values() for p in items]
     if not everything:
         raise TlkitError(f"no images found under '{path}/{im_dir}'")
-    usable, bad = check_pairs(everything, mapping, progress=progress)
+    usable, bad = check_pairs(everything, mapping, progress=progress, root=str(folder))
     fail_on_bad(bad, data.on_bad_file, "image/mask file(s) cannot be used")
     ok = set(usable)
     files = {k: [(img, mk) for img, mk in v if (img, mk) in ok] for k, v in pairs.items()}
@@ -180,7 +187,7 @@ def _pairs(roots: dict[str, Path], im_dir: str, mk_dir: str) -> tuple[dict[str, 
 
 
 def _read_pair(image: tf.Tensor, mask: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    return decode_image(tf.io.read_file(image)), _decode_mask_file(mask)
+    return decode_image(tf.io.read_file(image)), decode_mask_file(mask)
 
 
 def _pair_split(items: list[tuple[str, str]]) -> SplitData:

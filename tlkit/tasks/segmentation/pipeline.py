@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import tensorflow as tf
 
 from tlkit.data.bundle import SplitData
-from tlkit.data.pipeline import AUTOTUNE, PixelNoise, augmenter, cache_dataset, resize_image
+from tlkit.data.pipeline import AUTOTUNE, PixelNoise, augmenter, cache_dataset, image_stream, resize_image
+from tlkit.tasks.segmentation.masks import decode_mask_file
 from tlkit.recipe import Augment
 
 
@@ -25,13 +27,18 @@ def cached_pairs(
 
     A mask of another size than its image is simply resized to the model size too.
     """
-    ds = split.dataset.map(
-        lambda image, mask: (
-            tf.cast(tf.round(resize_image(image, image_size)), tf.uint8),
-            tf.gather(table, tf.cast(resize_mask(mask, image_size), tf.int32)),
-        ),
-        num_parallel_calls=AUTOTUNE,
-    )
+    def classes(mask: tf.Tensor) -> tf.Tensor:
+        return tf.gather(table, tf.cast(resize_mask(mask, image_size), tf.int32))
+
+    if split.paths is not None and split.items is not None and len(split.items) == 2:  # image and mask files
+        # images straight at the size, or the scan's decoded copies (one decode per image per run)
+        images, _ = image_stream(split.paths, [os.fsencode(m) for m in split.items[1]], image_size)
+        ds = images.map(lambda image, mask: (image, classes(decode_mask_file(mask))), num_parallel_calls=AUTOTUNE)
+    else:
+        ds = split.dataset.map(
+            lambda image, mask: (tf.cast(tf.round(resize_image(image, image_size)), tf.uint8), classes(mask)),
+            num_parallel_calls=AUTOTUNE,
+        )
     return cache_dataset(ds, split.size * image_size * image_size * 4, cache, cache_dir, f"pairs_{image_size}")
 
 
