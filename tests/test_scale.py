@@ -166,7 +166,7 @@ def test_workers_split_the_check_and_agree_on_every_verdict(tmp_path):
 
     from tlkit.data.scan import kept_images, scan_images, scan_options, shard_of
 
-    folder = _folder(tmp_path / "data", per_class=6)
+    folder = _folder(tmp_path / "data", per_class=20)  # 41 files: one worker holding all has odds 2**-40
     paths = sorted(str(p) for p in folder.rglob("*.jpg"))
     barrier, deposits, results = threading.Barrier(2), {}, {}
 
@@ -233,3 +233,16 @@ def test_decoded_copies_are_kept_for_the_next_run(tmp_path, monkeypatch):
         assert scan_images(paths, root=folder, progress=False).checked == 0  # verdicts are still remembered
         assert kept_images(good, 16) is None and not image_stream(good, [0] * len(good), 16)[1]
     assert not list((tmp_path / "cache").rglob("*.tmp"))  # nothing half-written left behind
+
+
+def test_shards_spread_small_numbered_folders_over_the_workers():
+    """A dozen files named by a digit, in any parent folder, never all land with one worker (with crc32 as the
+    hash they did under a quarter of the parent folders: its low bit is affine in the name's bits)."""
+    from tlkit.data.scan import shard_of
+
+    names = [f"{color}/{i}.jpg" for color in ("blue", "red") for i in range(6)] + ["red/broken.jpg"]
+    lopsided = [n for n in range(300) if len({shard_of(f"/tmp/run-{n}/data/{name}", 2) for name in names}) == 1]
+    assert len(lopsided) <= 1, lopsided  # 13 files on one of 2 workers by chance: odds 2**-12 per folder
+    for workers in (2, 3):
+        counts = np.bincount([shard_of(f"/data/cat/photo_{i:04d}.jpg", workers) for i in range(600)], minlength=workers)
+        assert counts.min() > 0.8 * 600 / workers, counts
