@@ -90,7 +90,8 @@ class DecodedStore:
 
     def target(self, path: str, stat: tuple[int, int]) -> str:
         """Where the copy of `path` (as it is now) goes: the name changes with the file."""
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.added and not self.dir.is_dir():
+            self.dir.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha1(os.fsencode(f"{path}\0{stat[0]}\0{stat[1]}\0{self.size}")).hexdigest()[:24] + ".tensor"
         return os.path.join(self.dir, name)
 
