@@ -66,6 +66,7 @@ class DecodedStore:
         self.size, self.index = size, index
         self.entries: dict[str, list[Any]] = {}  # path -> [file size, mtime_ns, copy name]
         self.added: dict[str, list[Any]] = {}
+        self.made = False  # the folder exists (made once, before the first copy is written)
         if not fresh:
             for index_file in sorted(self.dir.glob("index-*.json")):
                 try:
@@ -90,8 +91,9 @@ class DecodedStore:
 
     def target(self, path: str, stat: tuple[int, int]) -> str:
         """Where the copy of `path` (as it is now) goes: the name changes with the file."""
-        if not self.added and not self.dir.is_dir():
+        if not self.made:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self.made = True
         name = hashlib.sha1(os.fsencode(f"{path}\0{stat[0]}\0{stat[1]}\0{self.size}")).hexdigest()[:24] + ".tensor"
         return os.path.join(self.dir, name)
 

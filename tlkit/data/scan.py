@@ -47,6 +47,7 @@ import tensorflow as tf
 
 from tlkit.data.decode import check_decodes, check_file, decode_for_size, is_url
 from tlkit.data.decoded import DecodedStore, cache_home, folder_digest
+from tlkit.data.imagesizes import header_size, sample_paths
 
 __all__ = [
     "ScanOptions",
@@ -114,7 +115,7 @@ def scan_options(
     all_sum: Callable[[np.ndarray], np.ndarray] | None = None,
     auto: Callable[[list[tuple[int, int]]], Any] | None = None,
 ) -> Iterator[ScanOptions]:
-    """Scans (and pipelines) inside the block use these options; kept images are deleted when it ends.
+    """Scans (and pipelines) inside the block use these options; copies kept only for the run are deleted when it ends.
 
     `auto` (with no `size`): the first scan picks the size from a seeded sample of its files' sizes
     (remembered, else read from the headers) before it decodes anything, so `model.input_size: auto`
@@ -384,8 +385,6 @@ def _choose_size(paths: list[str], entries: dict[str, Any], options: ScanOptions
     """Set `options.size` from a sample of the files' (height, width): remembered ones, else their headers.
 
     The sample does not depend on what this process remembers, so every worker picks the same size."""
-    from tlkit.data.imagesizes import header_size, sample_paths
-
     sizes = []
     for path in sample_paths(paths):
         entry = entries[path]

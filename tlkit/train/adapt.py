@@ -49,7 +49,7 @@ def resolve_auto(rec: Recipe, bundle: Any, replicas: int = 1) -> tuple[Recipe, l
     if model.input_size == "auto":
         spec = get_backbone(model.backbone)
         choice = current_options().auto_choice  # the scan of image files picked it before decoding them
-        if choice is None:  # no files were scanned (TFDS, image + mask folders)
+        if choice is None:  # no image files were scanned (TFDS sources)
             choice = auto_input_size(image_sizes(bundle, rec.seed), spec.default_size, spec.min_size, backbone=spec.name)
         model = model.model_copy(update={"input_size": choice.size})
         notes.append(f"input     {choice.reason}")

@@ -61,7 +61,8 @@ def class_folders(path: str, data: Any, seed: int, progress: bool = True) -> Dat
         files = stratified_split(files["all"], len(class_names), data.val_fraction, data.test_fraction, seed)
     _require_every_class(files.get("train", []), class_names, path)
     splits = {split: _folder_split(items) for split, items in files.items() if items}
-    return DataBundle(class_names, splits, f"folder {folder}", skipped=scan.bad, info={"image_sizes": [(h, w) for w, h in scan.sizes.values()]})
+    sizes = [(h, w) for w, h in scan.sizes.values()]  # the scan records (width, height); the auto rule reads (height, width)
+    return DataBundle(class_names, splits, f"folder {folder}", skipped=scan.bad, info={"image_sizes": sizes})
 
 
 def _require_every_class(items: list[tuple[str, int]], class_names: list[str], path: str) -> None:
