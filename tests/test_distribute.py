@@ -101,6 +101,7 @@ def test_two_workers_match_single_process_and_resume(single, tmp_path, tfds_dir,
     proc = run_cli("local-workers", "2", "finetune", "--resume", str(run_dir), cwd=work)
     assert "[worker1] worker1: training finished; the chief writes the run directory" in proc.stdout
     assert "[worker0] run directory:" in proc.stdout
+    assert "2 workers share this host" in proc.stdout  # each got its part of the cores, not all of them
     for name in ("recipe.yaml", "labels.txt", "history.csv", "metrics.json", "best.keras"):
         assert (run_dir / name).is_file(), name
     with (run_dir / "history.csv").open() as f:
@@ -189,6 +190,24 @@ def test_global_batch_and_learning_rate_rule(tfds_dir, tmp_path):
     assert scaled.train.batch_size == 64
     assert [s.learning_rate for s in scaled.train.stages] == pytest.approx([4 * s.learning_rate for s in rec.train.stages])
     assert rec.train.batch_size == 16  # the recipe itself (what the run directory records) is unchanged
+
+
+@pytest.mark.parametrize(
+    "cluster, task, expected",
+    [
+        ({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, {"type": "worker", "index": 1}, 2),  # tlkit local-workers 2
+        ({"worker": ["a:1", "b:1"]}, {"type": "worker", "index": 0}, 1),  # two machines
+        ({"chief": ["a:1"], "worker": ["a:2", "b:1", "b:2", "b:3"]}, {"type": "chief", "index": 0}, 2),
+        ({"chief": ["a:1"], "worker": ["a:2", "b:1", "b:2", "b:3"]}, {"type": "worker", "index": 2}, 3),
+        ({"worker": ["a:1"], "ps": ["a:2"]}, {"type": "worker", "index": 0}, 1),  # a parameter server does not train
+    ],
+)
+def test_workers_sharing_a_host_split_its_cores(cluster, task, expected):
+    """Each of k workers on one host gets cores // k threads: 2 workers x 2 threads on 2 cores fight for them."""
+    from tlkit.distribute import workers_on_this_host
+
+    assert workers_on_this_host({"cluster": cluster, "task": task}) == expected
+    assert workers_on_this_host(None) == 1
 
 
 def test_strategy_errors_are_one_line(tmp_path, tfds_dir, monkeypatch):

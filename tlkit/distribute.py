@@ -68,6 +68,43 @@ def cluster_workers(config: dict[str, Any] | None) -> int:
     return sum(len(config["cluster"].get(kind, [])) for kind in ("chief", "worker"))
 
 
+def workers_on_this_host(config: dict[str, Any] | None) -> int:
+    """How many of the cluster's training processes share this task's host (1 without TF_CONFIG)."""
+    if not config:
+        return 1
+    task = config["task"]
+    mine = config["cluster"].get(task.get("type", "worker"), [])
+    index = int(task.get("index", 0))
+    if not 0 <= index < len(mine):
+        return 1
+    host = str(mine[index]).rsplit(":", 1)[0]
+    addresses = [a for kind in ("chief", "worker") for a in config["cluster"].get(kind, [])]
+    return max(1, sum(str(a).rsplit(":", 1)[0] == host for a in addresses))
+
+
+def share_cpus(config: dict[str, Any] | None) -> int:
+    """Give this worker its share of the host's cores; return the threads it may use.
+
+    Workers on one host each start thread pools sized for every core, so two
+    workers on 2 cores run 2x as many busy threads as cores, and their per-step
+    all-reduce waits on whichever worker the scheduler left behind. Must run
+    before TensorFlow starts its runtime (the strategy is created right after).
+    """
+    import tensorflow as tf
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local = workers_on_this_host(config)
+    if local <= 1:
+        return cores
+    threads = max(1, cores // local)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already runs: its pools are fixed; the strategy below says so
+        pass
+    return threads
+
+
 def _devices(runtime: Runtime) -> list[str] | None:
     """runtime.devices checked against this machine's logical devices (None: let TensorFlow choose)."""
     if not runtime.devices:
@@ -139,6 +176,7 @@ def _multi_worker(runtime: Runtime) -> Any:
             "runtime.strategy multi_worker needs TF_CONFIG (the cluster and this process's place in it); "
             "start local workers with `tlkit local-workers N finetune RECIPE`, or see README 'Several machines'"
         )
+    share_cpus(cluster_config())
     try:
         return tf.distribute.MultiWorkerMirroredStrategy()
     except (RuntimeError, ValueError) as exc:
@@ -237,6 +275,7 @@ class Placement:
     scratch: Path | None = None
     index: int = 0  # this worker's input shard (0 .. workers-1; the chief is 0)
     presharded: bool = False  # the pipelines hold only this worker's shard of the files (shard_bundle)
+    host_share: tuple[int, int] = (1, 0)  # (workers on this host, threads each) when several share it
 
     @property
     def replicas(self) -> int:
@@ -369,6 +408,9 @@ class Placement:
         parts = [f"{where}, {self.replicas} replica(s)"]
         if self.workers > 1:
             parts.append(f"{self.workers} workers, this one {self.task}{' (chief)' if self.chief else ''}")
+        local, threads = self.host_share
+        if local > 1:
+            parts.append(f"{local} workers share this host: {threads} CPU thread(s) each")
         parts.append(f"precision {self.precision}")
         return ", ".join(parts)
 
@@ -445,6 +487,10 @@ def placed(runtime: Runtime) -> Iterator[Placement]:
     kind = _kind_of(strategy)
     chief, task, workers, index = _task_of(strategy) if kind == "multi_worker" else (True, "chief", 1, 0)
     place = Placement(strategy, kind, runtime.precision, chief, task, workers, index=index)
+    if kind == "multi_worker":
+        import tensorflow as tf
+
+        place.host_share = (workers_on_this_host(cluster_config()), tf.config.threading.get_intra_op_parallelism_threads())
     try:
         with precision(runtime.precision):
             yield place

@@ -34,7 +34,7 @@ class SplitData:
     subset without touching the other files.
     """
 
-    dataset: tf.data.Dataset
+    source: "tf.data.Dataset | Callable[[], tf.data.Dataset]"  # the stream, or what builds it on first use
     labels: np.ndarray
     paths: list[str] | None = None
     items: tuple[Any, ...] | None = None  # per-example inputs of `read`, e.g. (paths,) or (images, masks)
@@ -42,6 +42,14 @@ class SplitData:
     #: the stream is (decoded `paths[i]`, `labels[i]`): a pipeline may decode the files itself, straight at its
     #: size (tlkit.data.pipeline.image_stream), and a worker may take its shard of the files (`shard`)
     image_files: bool = False
+
+    @property
+    def dataset(self) -> tf.data.Dataset:
+        """The decoded stream, built on first use: building one traces the decoder (0.7 s a split), and the
+        image-file pipelines decode the files themselves, so most runs never ask (a worker's shard neither)."""
+        if not isinstance(self.source, tf.data.Dataset):
+            self.source = self.source()
+        return self.source
 
     @property
     def size(self) -> int:
@@ -103,18 +111,26 @@ def file_split(
     items: tuple[list[Any], ...], labels: np.ndarray, read: Callable[..., Any], paths: list[str] | None = None
 ) -> SplitData:
     """A split of files: `read(*item)` decodes one example inside the tf.data graph."""
-    tensors = tuple(tf.constant([_tensor_item(v) for v in column]) for column in items)
-    ds = tf.data.Dataset.from_tensor_slices(tensors if len(tensors) > 1 else tensors[0])
-    ds = ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
-    return SplitData(ds, labels, paths, tuple(list(c) for c in items), read)
+    columns = tuple(list(c) for c in items)
+
+    def stream() -> tf.data.Dataset:
+        tensors = tuple(tf.constant([_tensor_item(v) for v in column]) for column in columns)
+        ds = tf.data.Dataset.from_tensor_slices(tensors if len(tensors) > 1 else tensors[0])
+        return ds.map(read, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return SplitData(stream, labels, paths, columns, read)
 
 
 def image_file_split(paths: list[str], labels: np.ndarray) -> SplitData:
     """Image files with one target row each (a class index, a multi-hot row): what class folders and CSVs give."""
-    files = tf.constant([_tensor_item(p) for p in paths], tf.string)  # typed: a worker's shard may be empty
-    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels)))
-    ds = ds.map(read_image_target, num_parallel_calls=tf.data.AUTOTUNE)
-    return SplitData(ds, labels, list(paths), (list(paths), list(labels)), read_image_target, image_files=True)
+    paths = list(paths)
+
+    def stream() -> tf.data.Dataset:
+        files = tf.constant([_tensor_item(p) for p in paths], tf.string)  # typed: a worker's shard may be empty
+        ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(labels)))
+        return ds.map(read_image_target, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return SplitData(stream, labels, paths, (paths, list(labels)), read_image_target, image_files=True)
 
 
 def read_image_target(path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
