@@ -89,13 +89,14 @@ def share_cpus(config: dict[str, Any] | None) -> int:
     workers on 2 cores run 2x as many busy threads as cores, and their per-step
     all-reduce waits on whichever worker the scheduler left behind. Must run
     before TensorFlow starts its runtime (the strategy is created right after).
+    TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, when set, win.
     """
     import tensorflow as tf
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local = workers_on_this_host(config)
-    if local <= 1:
-        return cores
+    if local <= 1 or os.environ.get("TF_NUM_INTRAOP_THREADS") or os.environ.get("TF_NUM_INTEROP_THREADS"):
+        return cores  # one worker here, or the user chose TensorFlow's threads: theirs stand
     threads = max(1, cores // local)
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
