@@ -202,12 +202,17 @@ def test_global_batch_and_learning_rate_rule(tfds_dir, tmp_path):
         ({"worker": ["a:1"], "ps": ["a:2"]}, {"type": "worker", "index": 0}, 1),  # a parameter server does not train
     ],
 )
-def test_workers_sharing_a_host_split_its_cores(cluster, task, expected):
+def test_workers_sharing_a_host_split_its_cores(cluster, task, expected, monkeypatch):
     """Each of k workers on one host gets cores // k threads: 2 workers x 2 threads on 2 cores fight for them."""
-    from tlkit.distribute import workers_on_this_host
+    from tlkit.distribute import worker_threads, workers_on_this_host
 
-    assert workers_on_this_host({"cluster": cluster, "task": task}) == expected
-    assert workers_on_this_host(None) == 1
+    config = {"cluster": cluster, "task": task}
+    assert workers_on_this_host(config) == expected
+    assert workers_on_this_host(None) == 1 and worker_threads(None) == 0  # no cluster: TensorFlow's own choice
+    cores = len(os.sched_getaffinity(0))
+    assert worker_threads(config) == (max(1, cores // expected) if expected > 1 else 0)
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "3")  # the user's setting stands
+    assert worker_threads(config) == 0
 
 
 def test_strategy_errors_are_one_line(tmp_path, tfds_dir, monkeypatch):

@@ -82,28 +82,34 @@ def workers_on_this_host(config: dict[str, Any] | None) -> int:
     return max(1, sum(str(a).rsplit(":", 1)[0] == host for a in addresses))
 
 
-def share_cpus(config: dict[str, Any] | None) -> int:
-    """Give this worker its share of the host's cores; return the threads it may use.
+def worker_threads(config: dict[str, Any] | None) -> int:
+    """TensorFlow threads (intra- and inter-op) for each worker on this host; 0 leaves TensorFlow's own choice:
+    one worker here, or the user set TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS (theirs stand)."""
+    local = workers_on_this_host(config)
+    if local <= 1 or os.environ.get("TF_NUM_INTRAOP_THREADS") or os.environ.get("TF_NUM_INTEROP_THREADS"):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // local)
+
+
+def share_cpus(config: dict[str, Any] | None) -> None:
+    """Give this worker its share of the host's cores (`worker_threads`).
 
     Workers on one host each start thread pools sized for every core, so two
     workers on 2 cores run 2x as many busy threads as cores, and their per-step
     all-reduce waits on whichever worker the scheduler left behind. Must run
-    before TensorFlow starts its runtime (the strategy is created right after).
-    TF_NUM_INTRAOP_THREADS / TF_NUM_INTEROP_THREADS, when set, win.
+    before TensorFlow starts its runtime (the strategy is created right after,
+    and says so if it has started).
     """
     import tensorflow as tf
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    local = workers_on_this_host(config)
-    if local <= 1 or os.environ.get("TF_NUM_INTRAOP_THREADS") or os.environ.get("TF_NUM_INTEROP_THREADS"):
-        return cores  # one worker here, or the user chose TensorFlow's threads: theirs stand
-    threads = max(1, cores // local)
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # TensorFlow already runs: its pools are fixed; the strategy below says so
-        pass
-    return threads
+    threads = worker_threads(config)
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:
+            pass
 
 
 def _devices(runtime: Runtime) -> list[str] | None:
@@ -276,7 +282,7 @@ class Placement:
     scratch: Path | None = None
     index: int = 0  # this worker's input shard (0 .. workers-1; the chief is 0)
     presharded: bool = False  # the pipelines hold only this worker's shard of the files (shard_bundle)
-    host_share: tuple[int, int] = (1, 0)  # (workers on this host, threads each) when several share it
+    host_share: tuple[int, int] = (1, 0)  # (workers on this host, threads each: worker_threads)
 
     @property
     def replicas(self) -> int:
@@ -411,7 +417,8 @@ class Placement:
             parts.append(f"{self.workers} workers, this one {self.task}{' (chief)' if self.chief else ''}")
         local, threads = self.host_share
         if local > 1:
-            parts.append(f"{local} workers share this host: {threads} CPU thread(s) each")
+            each = f"{threads} CPU thread(s) each" if threads else "threads as TF_NUM_INTRAOP_THREADS says"
+            parts.append(f"{local} workers share this host: {each}")
         parts.append(f"precision {self.precision}")
         return ", ".join(parts)
 
@@ -489,9 +496,7 @@ def placed(runtime: Runtime) -> Iterator[Placement]:
     chief, task, workers, index = _task_of(strategy) if kind == "multi_worker" else (True, "chief", 1, 0)
     place = Placement(strategy, kind, runtime.precision, chief, task, workers, index=index)
     if kind == "multi_worker":
-        import tensorflow as tf
-
-        place.host_share = (workers_on_this_host(cluster_config()), tf.config.threading.get_intra_op_parallelism_threads())
+        place.host_share = (workers_on_this_host(cluster_config()), worker_threads(cluster_config()))
     try:
         with precision(runtime.precision):
             yield place
