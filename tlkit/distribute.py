@@ -65,7 +65,12 @@ def cluster_workers(config: dict[str, Any] | None) -> int:
     """How many processes train together: chief + workers (parameter servers and evaluators take no part)."""
     if not config:
         return 1
-    return sum(len(config["cluster"].get(kind, [])) for kind in ("chief", "worker"))
+    return len(training_addresses(config))
+
+
+def training_addresses(config: dict[str, Any]) -> list[str]:
+    """host:port of every process that trains: chief + workers (parameter servers and evaluators take no part)."""
+    return [str(a) for kind in ("chief", "worker") for a in config["cluster"].get(kind, [])]
 
 
 def workers_on_this_host(config: dict[str, Any] | None) -> int:
@@ -78,8 +83,7 @@ def workers_on_this_host(config: dict[str, Any] | None) -> int:
     if not 0 <= index < len(mine):
         return 1
     host = str(mine[index]).rsplit(":", 1)[0]
-    addresses = [a for kind in ("chief", "worker") for a in config["cluster"].get(kind, [])]
-    return max(1, sum(str(a).rsplit(":", 1)[0] == host for a in addresses))
+    return max(1, sum(a.rsplit(":", 1)[0] == host for a in training_addresses(config)))
 
 
 def worker_threads(config: dict[str, Any] | None) -> int:
@@ -496,7 +500,8 @@ def placed(runtime: Runtime) -> Iterator[Placement]:
     chief, task, workers, index = _task_of(strategy) if kind == "multi_worker" else (True, "chief", 1, 0)
     place = Placement(strategy, kind, runtime.precision, chief, task, workers, index=index)
     if kind == "multi_worker":
-        place.host_share = (workers_on_this_host(cluster_config()), worker_threads(cluster_config()))
+        config = cluster_config()
+        place.host_share = (workers_on_this_host(config), worker_threads(config))
     try:
         with precision(runtime.precision):
             yield place
