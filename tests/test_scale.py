@@ -235,6 +235,45 @@ def test_decoded_copies_are_kept_for_the_next_run(tmp_path, monkeypatch):
     assert not list((tmp_path / "cache").rglob("*.tmp"))  # nothing half-written left behind
 
 
+def test_every_worker_reads_the_copies_any_worker_kept(tmp_path, monkeypatch):
+    """The chief evaluates every test file: it reads the copies the other worker decoded (once that worker has
+    listed them, in the first run as in the next), instead of decoding half the split again."""
+    import threading
+
+    from tlkit.data.pipeline import image_stream
+    from tlkit.data.scan import scan_images, scan_options
+
+    monkeypatch.setenv("TLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    folder = _folder(tmp_path / "data", per_class=10, bad=False)
+    paths = sorted(str(p) for p in folder.rglob("*.jpg"))
+    barrier, deposits, found = threading.Barrier(2), {}, {}
+
+    def all_sum(index):
+        def add(rows):
+            deposits[(index, rows.shape)] = rows
+            barrier.wait()
+            total = sum(v for (_, shape), v in deposits.items() if shape == rows.shape)
+            barrier.wait()
+            return total
+        return add
+
+    def worker(index, run):
+        with scan_options(16, workers=2, index=index, all_sum=all_sum(index)):
+            checked = scan_images(paths, root=folder, progress=False).checked
+            barrier.wait()  # both scans have listed their copies
+            found[(run, index)] = (checked, image_stream(paths, [0] * len(paths), 16)[1])
+
+    for run in ("first", "next"):
+        threads = [threading.Thread(target=worker, args=(i, run)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    first, following = [found[("first", i)] for i in range(2)], [found[("next", i)] for i in range(2)]
+    assert sum(c for c, _ in first) == len(paths) and all(read for _, read in first)  # all copies, half decoded each
+    assert following == [(0, True), (0, True)]  # the next run decodes nothing and reads every copy
+
+
 def test_shards_spread_small_numbered_folders_over_the_workers():
     """A dozen files named by a digit, in any parent folder, never all land with one worker (with crc32 as the
     hash they did under a quarter of the parent folders: its low bit is affine in the name's bits)."""

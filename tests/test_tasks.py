@@ -61,6 +61,21 @@ def test_model_outputs_one_logit_per_class(task_run, tfds_dir, tmp_path):
     assert out.shape[0] == 2 and out.shape[-1] == len(result.class_names)
 
 
+def test_pipelines_run_without_tf_data_autotuning(task_run, tfds_dir, tmp_path, monkeypatch):
+    """What fit() iterates has tf.data autotuning off: in TensorFlow 2.21 dropping an autotuned iterator, as Keras
+    does every epoch and every validation pass, waits out its tuning thread's sleep (seconds). TLKIT_DATA_AUTOTUNE=1
+    keeps TensorFlow's autotuning."""
+    from conftest import load_data
+
+    name, _, _ = task_run
+    task, recipe = get_task(name), load_recipe(_recipe(name, tfds_dir, tmp_path))
+    bundle = load_data(recipe.data, recipe.seed, task=name)
+    pipelines = [*task.pipelines(bundle, recipe, tmp_path / "cache"), task.eval_pipeline(bundle, recipe, "val", 4)]
+    assert [ds.options().autotune.enabled for ds in pipelines] == [False] * 4
+    monkeypatch.setenv("TLKIT_DATA_AUTOTUNE", "1")
+    assert task.pipelines(bundle, recipe, tmp_path / "cache2")[0].options().autotune.enabled is not False
+
+
 def test_run_records_the_headline_metric_and_evaluate_agrees(task_run):
     name, result, _ = task_run
     headline = get_task(name).headline

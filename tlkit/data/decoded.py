@@ -67,14 +67,18 @@ class DecodedStore:
         self.entries: dict[str, list[Any]] = {}  # path -> [file size, mtime_ns, copy name]
         self.added: dict[str, list[Any]] = {}
         self.made = False  # the folder exists (made once, before the first copy is written)
-        if not fresh:
-            for index_file in sorted(self.dir.glob("index-*.json")):
-                try:
-                    data = json.loads(index_file.read_text())
-                    if data.get("format") == STORE_FORMAT and data.get("size") == size:
-                        self.entries.update(data["files"])
-                except (OSError, ValueError, KeyError, TypeError):
-                    continue  # unreadable or from another version: those images are decoded again
+        if not fresh:  # --rescan: what earlier runs listed is ignored
+            self.reload()
+
+    def reload(self) -> None:
+        """Read every worker's index (again: another worker lists its copies when its scan ends)."""
+        for index_file in sorted(self.dir.glob("index-*.json")):
+            try:
+                data = json.loads(index_file.read_text())
+                if data.get("format") == STORE_FORMAT and data.get("size") == self.size:
+                    self.entries.update(data["files"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # unreadable or from another version: those images are decoded again
 
     @staticmethod
     def fits(images: int, size: int) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from tlkit.data.autotune import untuned
 from tlkit.data.bundle import SplitData
 from tlkit.data.decode import decode_resized, resize_image
 from tlkit.data.scan import kept_files
@@ -161,4 +162,4 @@ def make_pipeline(
     aug = augmenter(augment, seed) if training and augment is not None else None
     if aug is not None:
         ds = ds.map(lambda image, label: (aug(image, training=True), label), num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    return untuned(ds.prefetch(AUTOTUNE))

@@ -36,6 +36,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tlkit.data.autotune import untuned
 from tlkit.data.decode import check_decodes, check_file, decode_for_size, is_url
 from tlkit.data.decoded import DecodedStore, cache_home, folder_digest
 from tlkit.data.imagesizes import header_size, sample_paths
@@ -99,6 +101,7 @@ class ScanOptions:
     keep_dir: Path | None = None
     kept: dict[tuple[str, int], str] = field(default_factory=dict)  # (path, size) -> file of the decoded image
     passes: int = 0  # decode passes made so far (names their kept files apart)
+    stores: list[DecodedStore] = field(default_factory=list)  # the stores this run's scans kept copies in
 
 
 _OPTIONS: contextvars.ContextVar[ScanOptions | None] = contextvars.ContextVar("tlkit_scan_options", default=None)
@@ -136,9 +139,17 @@ def current_options() -> ScanOptions:
 
 
 def kept_files(paths: Sequence[str], size: int) -> list[str | None]:
-    """The file holding each of `paths` decoded at `size` by this run's scan (or kept from an earlier run), else None."""
-    kept = current_options().kept
-    return [kept.get((p, size)) for p in paths]
+    """The file holding each of `paths` decoded at `size` by this run's scan (or kept from an earlier run), else None.
+
+    A file of another worker's shard has the copy that worker kept, once it has listed it: the chief
+    evaluates every file of the test split, and would otherwise decode half of them again."""
+    options = current_options()
+    found = [options.kept.get((p, size)) for p in paths]
+    for store in options.stores if None in found else []:
+        if store.size == size:
+            store.reload()
+            found = [f if f is not None else store.copy_of(p, _stat(p)) for f, p in zip(found, paths)]
+    return found
 
 
 def kept_images(paths: Sequence[str], size: int) -> list[str] | None:
@@ -204,7 +215,7 @@ class _Verdicts:
             return
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
+            tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
             tmp.write_text(json.dumps({"format": VERDICT_FORMAT, "files": self.entries}))
             os.replace(tmp, self.file)
         except OSError as err:  # a read-only home must not stop training: the next run checks again
@@ -240,7 +251,7 @@ def _decode_pass(paths: list[str], options: ScanOptions, progress: bool, targets
 
     outputs = _path_tensor(targets) if targets is not None else tf.zeros([len(paths)], tf.string)
     ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), _path_tensor(paths), outputs))
-    ds = ds.map(check, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(64)
+    ds = untuned(ds.map(check, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(64))
     found: dict[int, tuple[int, int]] = {}
     with _progress(len(paths), progress) as update:
         done = 0
@@ -402,20 +413,23 @@ def _store(root: str | os.PathLike[str] | None, images: int, options: ScanOption
     """The store that keeps this run's decoded copies for the next run (tlkit.data.decoded), if they fit."""
     if options.size is None or root is None or not options.remember or not DecodedStore.fits(images, options.size):
         return None
-    return DecodedStore(_absolute(root), options.size, options.index, fresh=options.rescan)
+    store = DecodedStore(_absolute(root), options.size, options.index, fresh=options.rescan)
+    options.stores.append(store)
+    return store
 
 
 def _from_store(store: DecodedStore | None, verdicts: dict, stats: dict, options: ScanOptions) -> list[str]:
-    """Remembered good files of this worker's shard: their kept copies go to the run; those without one are returned."""
+    """Remembered good files: their kept copies go to the run, whichever worker wrote them (the chief evaluates
+    every file); the files of this worker's shard without one are returned, to be decoded."""
     if store is None:
         return []
     missing = []
     for path, (reason, _) in verdicts.items():
-        if reason is not None or shard_of(path, options.workers) != options.index:
+        if reason is not None:
             continue
         copy = store.copy_of(path, stats[path])
-        if copy is None:
-            missing.append(path)
-        else:
+        if copy is not None:
             options.kept[(path, options.size)] = copy  # type: ignore[index]
+        elif shard_of(path, options.workers) == options.index:
+            missing.append(path)
     return missing

@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tlkit.data.bundle import DataBundle
 from tlkit.data.exclude import example_ids
+from tlkit.data.autotune import untuned
 from tlkit.data.pipeline import AUTOTUNE, resize_image
 
 HASH_SIDE = 32  # pHash: DCT of a 32x32 grey image, the top-left 8x8 coefficients against their median
@@ -107,7 +108,7 @@ def scan_bundle(
         paths += part.paths if part.paths is not None else [f"{name}/{i}" for i in range(part.size)]
         splits += [name] * part.size
         stream = part.dataset.map(_per_image(size, mask_target), num_parallel_calls=AUTOTUNE)
-        for batch_values in stream.batch(batch).prefetch(AUTOTUNE):
+        for batch_values in untuned(stream.batch(batch).prefetch(AUTOTUNE)):
             columns.setdefault("features", []).append(features(batch_values.pop("pixels")))
             for key, value in batch_values.items():
                 columns.setdefault(key, []).append(value.numpy())

@@ -8,6 +8,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from tlkit.data.autotune import untuned
 from tlkit.models.parts import head_after_pool, pooled_features
 from tlkit.recipe import Recipe
 
@@ -48,11 +49,11 @@ def feature_head(model: keras.Model, train_ds: Any, plain_train_ds: Any, val_ds:
         )
     head = head_after_pool(model, train_x.shape[1])
     batch = rec.train.batch_size
-    train = (
+    train = untuned(
         tf.data.Dataset.from_tensor_slices((train_x, train_y))
         .shuffle(max(1, len(train_x)), seed=rec.seed, reshuffle_each_iteration=True)
         .batch(batch)
         .prefetch(tf.data.AUTOTUNE)
     )
-    val = tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(batch)
+    val = untuned(tf.data.Dataset.from_tensor_slices((val_x, val_y)).batch(batch))
     return head, train, val

@@ -9,6 +9,7 @@ from typing import Any
 import tensorflow as tf
 
 from tlkit.data.bundle import SplitData
+from tlkit.data.autotune import untuned
 from tlkit.data.pipeline import AUTOTUNE, PixelNoise, augmenter, cache_dataset, image_stream, resize_image
 from tlkit.tasks.segmentation.masks import decode_mask_file
 from tlkit.recipe import Augment
@@ -83,4 +84,4 @@ def make_seg_pipeline(
     aug = paired_augmenter(augment, seed) if training and augment is not None else None
     if aug is not None:
         ds = ds.map(aug, num_parallel_calls=AUTOTUNE)
-    return ds.prefetch(AUTOTUNE)
+    return untuned(ds.prefetch(AUTOTUNE))
