@@ -160,6 +160,21 @@ def test_a_folder_on_a_gfile_filesystem_loads_like_a_local_one(tmp_path):
     assert len(images) == bundle.splits["train"].size and all(im.shape == (16, 16, 3) for im in images)
 
 
+def _all_sum_of_threads(barrier, deposits):
+    """all_sum for two worker threads: what the collective adds up across worker processes in a real run."""
+
+    def all_sum(index):
+        def add(rows):
+            deposits[(index, rows.shape)] = rows
+            barrier.wait()
+            total = sum(v for (_, shape), v in deposits.items() if shape == rows.shape)
+            barrier.wait()
+            return total
+        return add
+
+    return all_sum
+
+
 def test_workers_split_the_check_and_agree_on_every_verdict(tmp_path):
     """Two workers (threads here; processes joined by a collective in a real run) each decode their shard only."""
     import threading
@@ -170,14 +185,7 @@ def test_workers_split_the_check_and_agree_on_every_verdict(tmp_path):
     paths = sorted(str(p) for p in folder.rglob("*.jpg"))
     barrier, deposits, results = threading.Barrier(2), {}, {}
 
-    def all_sum(index):
-        def add(rows):
-            deposits[(index, rows.shape)] = rows
-            barrier.wait()
-            total = sum(v for (_, shape), v in deposits.items() if shape == rows.shape)
-            barrier.wait()
-            return total
-        return add
+    all_sum = _all_sum_of_threads(barrier, deposits)
 
     def worker(index):
         with scan_options(16, remember=False, workers=2, index=index, all_sum=all_sum(index)):
@@ -248,14 +256,7 @@ def test_every_worker_reads_the_copies_any_worker_kept(tmp_path, monkeypatch):
     paths = sorted(str(p) for p in folder.rglob("*.jpg"))
     barrier, deposits, found = threading.Barrier(2), {}, {}
 
-    def all_sum(index):
-        def add(rows):
-            deposits[(index, rows.shape)] = rows
-            barrier.wait()
-            total = sum(v for (_, shape), v in deposits.items() if shape == rows.shape)
-            barrier.wait()
-            return total
-        return add
+    all_sum = _all_sum_of_threads(barrier, deposits)
 
     def worker(index, run):
         with scan_options(16, workers=2, index=index, all_sum=all_sum(index)):
