@@ -145,7 +145,9 @@ def kept_files(paths: Sequence[str], size: int) -> list[str | None]:
     evaluates every file of the test split, and would otherwise decode half of them again."""
     options = current_options()
     found = [options.kept.get((p, size)) for p in paths]
-    for store in options.stores if None in found else []:
+    for store in options.stores:
+        if None not in found:
+            break
         if store.size == size:
             store.reload()
             found = [f if f is not None else store.copy_of(p, _stat(p)) for f, p in zip(found, paths)]

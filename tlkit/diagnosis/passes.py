@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from tlkit.data.autotune import untuned
 from tlkit.data.bundle import DataBundle
 from tlkit.data.exclude import example_ids
-from tlkit.data.autotune import untuned
 from tlkit.data.pipeline import AUTOTUNE, resize_image
 
 HASH_SIDE = 32  # pHash: DCT of a 32x32 grey image, the top-left 8x8 coefficients against their median

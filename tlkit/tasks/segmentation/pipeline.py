@@ -8,8 +8,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from tlkit.data.bundle import SplitData
 from tlkit.data.autotune import untuned
+from tlkit.data.bundle import SplitData
 from tlkit.data.pipeline import AUTOTUNE, PixelNoise, augmenter, cache_dataset, image_stream, resize_image
 from tlkit.tasks.segmentation.masks import decode_mask_file
 from tlkit.recipe import Augment
