@@ -150,8 +150,12 @@ def plain_pass(folder: Path, ratio: int = 1) -> dict:
         ds = tf.data.Dataset.from_tensor_slices(files).map(load, num_parallel_calls=tf.data.AUTOTUNE).batch({BATCH})
         for _ in ds.take(1): pass   # start-up (tracing, threads) is not part of D
         t, c = time.perf_counter(), time.process_time()
-        for _ in ds: pass
+        it = iter(ds)
+        for _ in it: pass
         print("SECONDS", time.perf_counter() - t, time.process_time() - c)
+        # timed before the iterator goes: dropping an autotuned tf.data iterator can wait out the
+        # autotuning thread's sleep (seconds; see README "Epoch boundaries without a wait"), not decode time
+        del it
         """
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(None), check=True)
