@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,31 @@ def test_strategy_errors_are_one_line(tmp_path, tfds_dir, monkeypatch):
     with pytest.raises(TlkitError, match="needs TF_CONFIG"):  # before any data is read or folder made
         tlkit.finetune(_recipe(tfds_dir, tmp_path, 16), overrides={"runtime.strategy": "multi_worker"}, run_dir=tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_worker_holding_its_iterators_exits_at_once_with_its_code(tmp_path):
+    """What a worker holds (its distributed iterators, whose teardown can stall) is not torn down at exit; its
+    output is flushed, its code kept, and exit functions registered later (autograph's temp files) still run."""
+    leftover = tmp_path / "__autograph_generated_file.py"
+    leftover.write_text("")
+    script = textwrap.dedent(
+        """
+        import atexit, os, sys, time
+        from tlkit import lingering
+
+        class SlowToDrop:
+            def __del__(self):
+                time.sleep(60)
+
+        lingering.hold(SlowToDrop())
+        atexit.register(os.remove, sys.argv[1])
+        print("trained", end="")
+        lingering.skip_teardown(3)
+        sys.exit(3)
+        """
+    )
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", script, str(leftover)], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout) == (3, "trained"), proc.stderr
+    assert time.perf_counter() - started < 30
+    assert not leftover.exists()

@@ -134,9 +134,13 @@ def test_worker_batches_have_equal_steps_and_none_empty():
     for index, mine in ((0, range(0, 17)), (1, range(17, 33))):
         place = Placement(TwoReplicas(), "multi_worker", "float32", workers=2, index=index, presharded=True)
         local = tf.data.Dataset.from_tensor_slices(list(mine)).batch(8)  # a worker's pipeline, at the global batch
-        batches = [b.numpy().tolist() for b in place.shard(local, count=33, batch=8)]
+        batches = [b.numpy().tolist() for b in place.shard(local, count=33, batch=8)]  # validation: one pass
         assert len(batches) == 5 and all(1 <= len(b) <= 4 for b in batches), batches
         seen += [x for b in batches for x in b]
+        # training repeats (one iterator per fit()), and fit() is told the epoch's steps
+        assert place.steps_per_epoch(33, 8) == 5
+        repeated = [b.numpy().tolist() for b in place.shard(local, count=33, batch=8, training=True).take(10)]
+        assert repeated == batches + batches
     assert sorted(seen) == list(range(33))  # every example once per epoch
 
 

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import click
 
-from tlkit import tflogs
+from tlkit import lingering, tflogs
 from tlkit.formats import FORMATS, QUANTIZE_MODES  # the registry only: no TensorFlow import
 
 tflogs.install()  # TensorFlow's start-up lines stay off the terminal (TLKIT_TF_LOGS=1 / --tf-logs: shown)
@@ -375,7 +375,11 @@ def local_workers(workers: int, args: tuple[str, ...]) -> None:
 
 
 def main() -> None:
-    cli(prog_name="tlkit")
+    try:
+        cli(prog_name="tlkit")
+    except SystemExit as done:
+        lingering.skip_teardown(done.code)  # a worker's distributed iterators: their teardown can stall for seconds
+        raise
 
 
 if __name__ == "__main__":

@@ -378,7 +378,7 @@ class FineTuneRun:
         if self.rec.runtime.deterministic:
             replay(feed.train, start - self.epoch, start - self.epoch, self.quiet)
         batch, place = self.rec.train.batch_size, self.place
-        train = place.shard(feed.train, feed.train_count, batch, class_weight)
+        train = place.shard(feed.train, feed.train_count, batch, class_weight, training=True)
         val = place.shard(feed.val, feed.val_count, batch)
         with self.place.scope():
             history = trained.fit(
@@ -386,9 +386,10 @@ class FineTuneRun:
                 validation_data=val,
                 initial_epoch=start,
                 epochs=self.epoch + stage.epochs,
+                steps_per_epoch=place.steps_per_epoch(feed.train_count, batch),
                 class_weight=None if place.takes_shards else class_weight,
                 shuffle=False,  # the pipeline shuffles; Keras cannot shuffle a tf.data stream
-                callbacks=self._callbacks(stage, feed, schedule_callbacks, resume_dir),
+                callbacks=[*self._callbacks(stage, feed, schedule_callbacks, resume_dir), *place.fit_callbacks()],
                 verbose=0 if self.quiet else (1 if sys.stdout.isatty() else 2),
             )
         # what the stage did to the shared training stream (see replay): the augmented feature views, or fit() epochs
