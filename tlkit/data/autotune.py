@@ -5,9 +5,10 @@ on a period that doubles up to a minute; destroying the iterator can wait for th
 rest of that thread's current sleep (seen with gdb: the main thread in
 `RootDataset::Iterator::~Iterator`, the tuning thread in a timed wait in
 `Model::OptimizeLoop`; `TF_CPP_VMODULE=model=2` shows the thread, woken by the
-cancellation before it reads as cancelled, going back to sleep for the rest). Keras drops its training iterator every epoch and its
-validation iterator every validation pass, so on 2 cores a 5-epoch fit spent
-0.8-4 s at each epoch boundary doing nothing. Without autotuning, parallel maps
+cancellation before it reads as cancelled, going back to sleep for the rest).
+Keras drops its training iterator every epoch and its validation iterator
+every validation pass, so on 2 cores a 5-epoch fit spent 0.8-4 s at each epoch
+boundary doing nothing. Without autotuning, parallel maps
 run at min(16, cores) calls and prefetch buffers still grow on demand.
 `TLKIT_DATA_AUTOTUNE=1` keeps TensorFlow's autotuning.
 """
