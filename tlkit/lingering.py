@@ -2,8 +2,8 @@
 
 A multi-worker run feeds `fit()` through tf.distribute iterators. Dropping one
 can block the dropping thread for seconds: tf.data's autotuning thread of each
-of its pipelines can miss the cancellation's wake-up and sleep out the rest of its period
-(which doubles with the iterator's age, up to a minute). Measured on 2 workers:
+of its pipelines can miss the cancellation's wake-up and sleep out the rest of
+its period (which doubles with the iterator's age, up to a minute). On 2 workers:
 a stall at most epoch ends and a 7-8 s one after `fit()`, out of a 30 s run.
 Worker processes hold those iterators instead (`hold`), and the command line
 ends such a process without tearing them down (`skip_teardown`). Kept apart
