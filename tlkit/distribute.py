@@ -386,8 +386,9 @@ class Placement:
         return max(1, math.ceil(balanced_count(count, self.workers, 0) / (per_replica * local_replicas)))
 
     def fit_callbacks(self) -> list[keras.callbacks.Callback]:
-        """What fit() needs here besides the trainer's own callbacks."""
-        return [KeepIterators()] if self.kind == "multi_worker" else []
+        """What fit() needs here besides the trainer's own callbacks: a worker fed by `per_worker` holds its
+        iterators (streams laid out otherwise would have Keras make a buffered one ahead every epoch)."""
+        return [KeepIterators()] if self.kind == "multi_worker" and self.takes_shards else []
 
     @property
     def takes_shards(self) -> bool:
