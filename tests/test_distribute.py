@@ -264,3 +264,39 @@ def test_a_worker_holding_its_iterators_exits_at_once_with_its_code(tmp_path):
     assert (proc.returncode, proc.stdout) == (3, "trained"), proc.stderr
     assert time.perf_counter() - started < 30
     assert not leftover.exists()
+
+
+def test_two_workers_on_a_folder_train_on_their_shards_like_one_process(tmp_path):
+    """A folder of images: each worker reads its own shard (per-worker batches, a repeated training stream,
+    its iterators held to the end); the run matches one process at the same global batch, and both workers
+    exit cleanly without leaving anything in their temporary folder."""
+    import tlkit
+    from conftest import write_images
+    from tlkit.runs import read_history
+
+    write_images(tmp_path / "photos", {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220)}, 40)
+    recipe = {
+        "name": "folder",
+        "seed": 3,
+        "data": {"source": str(tmp_path / "photos"), "val_fraction": 0.2, "test_fraction": 0.2},
+        "model": {"backbone": "scratch", "weights": "none", "input_size": 16, "blocks": [{"filters": 8}]},
+        "train": {"batch_size": 8, "stages": [{"name": "train", "epochs": 5, "learning_rate": 0.01}]},
+        "export": {"enabled": False},
+    }
+    path = tmp_path / "folder.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    single = tlkit.finetune(str(path), run_dir=tmp_path / "single", quiet=True, report=False)
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "tlkit.cli", "local-workers", "2", "finetune", str(path), "--run-dir", str(tmp_path / "two"),
+         "--no-report", "--set", "runtime.strategy=multi_worker"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "TMPDIR": str(tmp_path / "tmp"), "TLKIT_CACHE_DIR": str(tmp_path / "cache")},  # a first run
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    history = read_history(tmp_path / "two")
+    assert [int(r["epoch"]) for r in history] == [0, 1, 2, 3, 4]
+    metrics = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert metrics["num_examples"] == single.metrics["num_examples"]
+    assert metrics["accuracy"] >= min(0.9, single.metrics["accuracy"] - 0.15), (metrics, single.metrics)
+    assert list((tmp_path / "tmp").iterdir()) == []  # the exit that skips the iterators' teardown still cleans up
