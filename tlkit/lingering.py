@@ -27,11 +27,6 @@ def hold(thing: Any) -> None:
     _HELD[id(thing)] = thing
 
 
-def holding() -> int:
-    """How many things are held."""
-    return len(_HELD)
-
-
 def skip_teardown(code: int | str | None) -> None:
     """The process is exiting with `code` (as `sys.exit` takes it): if anything is held, end it with that code
     once the exit functions registered after this module have run, before what is held is torn down."""
