@@ -245,6 +245,33 @@ def test_decoded_copies_are_kept_for_the_next_run(tmp_path, monkeypatch):
         assert scan_images(paths, root=folder, progress=False).checked == 0  # verdicts are still remembered
         assert kept_images(good, 16) is None and not image_stream(good, [0] * len(good), 16)[1]
     assert not list((tmp_path / "cache").rglob("*.tmp"))  # nothing half-written left behind
+    stores = [d for d in (tmp_path / "cache" / "decoded").iterdir() if d.name.endswith("-16")]
+    assert len(stores) == 1 and len(list(stores[0].glob("*.pack"))) <= 4  # a few packs, not a file per image
+
+
+def test_a_cache_folder_that_cannot_be_written_still_trains_on_every_image(tmp_path, monkeypatch, capsys):
+    """Nothing can be remembered or kept (the cache path is a file): the scan still gives every verdict and
+    the pipeline decodes the images itself."""
+    from tlkit.data.decode import decode_resized
+    from tlkit.data.pipeline import image_stream
+    from tlkit.data.scan import scan_images, scan_options
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    monkeypatch.setenv("TLKIT_CACHE_DIR", str(blocked))
+    folder = _folder(tmp_path / "data")
+    paths = sorted(str(p) for p in folder.rglob("*.jpg"))
+    good = [p for p in paths if not p.endswith("broken.jpg")]
+    with scan_options(16):
+        try:
+            scan = scan_images(paths, root=folder, progress=False)
+        except OSError:
+            pytest.fail("a cache that cannot be written stopped the scan")
+        ds, read_copies = image_stream(good, [0] * len(good), 16)
+        images = [img.numpy() for img, _ in ds]
+    assert scan.good == good and [Path(p).name for p, _ in scan.bad] == ["broken.jpg"]
+    assert not read_copies and np.array_equal(images[0], decode_resized(tf.io.read_file(good[0]), 16).numpy())
+    assert "could not remember the scan" in capsys.readouterr().err
 
 
 def test_every_worker_reads_the_copies_any_worker_kept(tmp_path, monkeypatch):

@@ -15,6 +15,13 @@ are removed, least recently used first, when the total passes the budget.
 Copies are written under temporary names and renamed into place, and a store
 lists only complete copies, so a killed run or two runs at once never leave a
 half-written copy that a later run would read.
+
+Copies are packed: a few dozen small images share one file of about
+``PACK_BYTES`` (raw uint8 pixels, one image after another), and a copy is
+named by its file and offset. Creating a file costs more than writing one
+small image: at 4000 photos and 64 px, one file per image took 2.5 s of a 6 s
+scan on 2 cores; packs take a few hundredths of a second. Reading one image
+reads its pack (at most ``PACK_BYTES`` from the page cache).
 """
 
 from __future__ import annotations
@@ -24,14 +31,20 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DecodedStore", "cache_home", "folder_digest", "store_budget"]
+import numpy as np
 
-STORE_FORMAT = 1
+__all__ = ["Copy", "DecodedStore", "PackWriter", "cache_home", "folder_digest", "record_bytes", "store_budget"]
+
+STORE_FORMAT = 2  # 1: one tensor-proto file per image
 DEFAULT_BUDGET_MB = 4096
-_PER_FILE_OVERHEAD = 64  # bytes of the tensor proto around the pixels
+PACK_BYTES = 256 * 1024  # images packed per file up to this (at least one)
+_PER_FILE_OVERHEAD = 64  # bytes of file-system bookkeeping per image, roughly
+
+Copy = tuple[str, int]  # (pack file, byte offset) of one decoded image: uint8 [size, size, 3], row-major
 _IN_USE_SECONDS = 600  # a store written this recently may belong to a running run: never evicted
 
 
@@ -49,6 +62,42 @@ def folder_digest(root: str) -> str:
     return hashlib.sha1(os.fsencode(root)).hexdigest()[:16]
 
 
+def record_bytes(size: int) -> int:
+    """Bytes of one decoded copy at input size `size`."""
+    return size * size * 3
+
+
+class PackWriter:
+    """Writes decoded images of one size into pack files in `folder`, each complete before it gets its name."""
+
+    def __init__(self, folder: str | os.PathLike[str], size: int, prefix: str = "") -> None:
+        self.folder, self.size, self.prefix = Path(folder), size, prefix
+        self.per_pack = max(1, PACK_BYTES // record_bytes(size))
+
+    def write(self, images: np.ndarray) -> list[Copy] | None:
+        """The copy of each of `images` ([n, size, size, 3] uint8), or None when they could not be written (a
+        full disk, a read-only cache: the run then decodes those images again rather than stop)."""
+        copies: list[Copy] = []
+        record = record_bytes(self.size)
+        for start in range(0, len(images), self.per_pack):
+            chunk = np.ascontiguousarray(images[start : start + self.per_pack], np.uint8)
+            name = self.folder / f"{self.prefix}{uuid.uuid4().hex[:20]}.pack"
+            tmp = name.with_name(f"{name.name}.{os.getpid()}.tmp")
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as out:
+                    out.write(chunk.tobytes())
+                os.replace(tmp, name)
+            except OSError:
+                try:
+                    tmp.unlink()
+                except OSError:
+                    pass
+                return None
+            copies += [(str(name), row * record) for row in range(len(chunk))]
+        return copies
+
+
 def store_budget() -> int:
     """Bytes all stores together may take (``TLKIT_DECODED_CACHE_MB``)."""
     try:
@@ -64,9 +113,8 @@ class DecodedStore:
     def __init__(self, root: str, size: int, index: int = 0, fresh: bool = False):
         self.dir = cache_home() / "decoded" / f"{folder_digest(root)}-{size}"
         self.size, self.index = size, index
-        self.entries: dict[str, list[Any]] = {}  # path -> [file size, mtime_ns, copy name]
+        self.entries: dict[str, list[Any]] = {}  # path -> [file size, mtime_ns, pack name, byte offset]
         self.added: dict[str, list[Any]] = {}
-        self.made = False  # the folder exists (made once, before the first copy is written)
         if not fresh:  # --rescan: what earlier runs listed is ignored
             self.reload()
 
@@ -83,26 +131,22 @@ class DecodedStore:
     @staticmethod
     def fits(images: int, size: int) -> bool:
         """Whether `images` copies at `size` fit the budget at all (else the run keeps them only while it runs)."""
-        return images * (size * size * 3 + _PER_FILE_OVERHEAD) <= store_budget()
+        return images * (record_bytes(size) + _PER_FILE_OVERHEAD) <= store_budget()
 
-    def copy_of(self, path: str, stat: tuple[int, int] | None) -> str | None:
+    def copy_of(self, path: str, stat: tuple[int, int] | None) -> Copy | None:
         """The kept copy of `path` as it is now (same size and time), if one exists."""
         entry = self.entries.get(path)
         if entry is None or stat is None or tuple(entry[:2]) != stat:
             return None
         file = os.path.join(self.dir, entry[2])
-        return file if os.path.exists(file) else None
+        return (file, int(entry[3])) if os.path.exists(file) else None
 
-    def target(self, path: str, stat: tuple[int, int]) -> str:
-        """Where the copy of `path` (as it is now) goes: the name changes with the file."""
-        if not self.made:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self.made = True
-        name = hashlib.sha1(os.fsencode(f"{path}\0{stat[0]}\0{stat[1]}\0{self.size}")).hexdigest()[:24] + ".tensor"
-        return os.path.join(self.dir, name)
+    def writer(self) -> PackWriter:
+        """Where this worker's new copies go (its packs are named apart from other workers')."""
+        return PackWriter(self.dir, self.size, prefix=f"{self.index}-")
 
-    def add(self, path: str, stat: tuple[int, int], file: str) -> None:
-        self.added[path] = [stat[0], stat[1], os.path.basename(file)]
+    def add(self, path: str, stat: tuple[int, int], copy: Copy) -> None:
+        self.added[path] = [stat[0], stat[1], os.path.basename(copy[0]), copy[1]]
 
     def save(self) -> None:
         """List this worker's complete copies (atomically), then keep all stores within the budget."""
@@ -110,8 +154,9 @@ class DecodedStore:
             return
         mine = self.dir / f"index-{self.index}.json"
         try:
-            listed = json.loads(mine.read_text())["files"] if mine.is_file() else {}
-        except (OSError, ValueError, KeyError, TypeError):
+            data = json.loads(mine.read_text()) if mine.is_file() else {}
+            listed = data["files"] if data.get("format") == STORE_FORMAT and data.get("size") == self.size else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             listed = {}
         listed.update(self.added)
         payload = {"format": STORE_FORMAT, "size": self.size, "files": listed}
@@ -121,7 +166,7 @@ class DecodedStore:
             os.replace(tmp, mine)
         except OSError:
             return  # a read-only cache: the next run decodes again
-        for left in self.dir.glob("*.tmp"):  # copies of killed runs, never listed
+        for left in [*self.dir.glob("*.tmp"), *self.dir.glob("*.tensor")]:  # killed runs' packs; format 1's copies
             try:
                 if time.time() - left.stat().st_mtime > _IN_USE_SECONDS:
                     left.unlink()

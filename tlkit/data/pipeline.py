@@ -17,6 +17,7 @@ import tensorflow as tf
 from tlkit.data.autotune import untuned
 from tlkit.data.bundle import SplitData
 from tlkit.data.decode import decode_resized, resize_image
+from tlkit.data.decoded import record_bytes
 from tlkit.data.scan import kept_files
 from tlkit.recipe import Augment
 
@@ -95,22 +96,28 @@ def image_stream(paths: list[str], targets: Any, size: int) -> tuple[tf.data.Dat
     there are some, else each file decoded now at the cheapest JPEG scale that covers `size` (`decode_resized`).
     """
     kept = kept_files(paths, size)
-    have = [f is not None for f in kept]
-    files = tf.constant([os.fsencode(k if k is not None else p) for k, p in zip(kept, paths)])
+    have = [k is not None for k in kept]
+    files = tf.constant([os.fsencode(k[0] if k is not None else p) for k, p in zip(kept, paths)])
+    offsets = tf.constant([k[1] if k is not None else 0 for k in kept], tf.int64)
+    record = record_bytes(size)
 
-    def read_copy(file: tf.Tensor) -> tf.Tensor:
-        return tf.ensure_shape(tf.io.parse_tensor(tf.io.read_file(file), tf.uint8), [size, size, 3])
+    def read_copy(file: tf.Tensor, offset: tf.Tensor) -> tf.Tensor:
+        pixels = tf.strings.substr(tf.io.read_file(file), tf.cast(offset, tf.int32), record)
+        return tf.reshape(tf.io.decode_raw(pixels, tf.uint8, fixed_length=record), [size, size, 3])
 
-    def decode(file: tf.Tensor) -> tf.Tensor:
+    def decode(file: tf.Tensor, _offset: tf.Tensor) -> tf.Tensor:
         return decode_resized(tf.io.read_file(file), size)
 
     if all(have) or not any(have):
         read = read_copy if all(have) else decode
-        ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(targets)))
-        return ds.map(lambda file, target: (read(file), target), num_parallel_calls=AUTOTUNE), all(have)
-    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(have), tf.constant(targets)))
+        ds = tf.data.Dataset.from_tensor_slices((files, offsets, tf.constant(targets)))
+        return ds.map(lambda file, at, target: (read(file, at), target), num_parallel_calls=AUTOTUNE), all(have)
+    ds = tf.data.Dataset.from_tensor_slices((files, offsets, tf.constant(have), tf.constant(targets)))
     return ds.map(
-        lambda file, is_copy, target: (tf.cond(is_copy, lambda: read_copy(file), lambda: decode(file)), target),
+        lambda file, at, is_copy, target: (
+            tf.cond(is_copy, lambda: read_copy(file, at), lambda: decode(file, at)),
+            target,
+        ),
         num_parallel_calls=AUTOTUNE,
     ), False
 

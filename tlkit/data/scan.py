@@ -48,7 +48,7 @@ import tensorflow as tf
 
 from tlkit.data.autotune import untuned
 from tlkit.data.decode import check_decodes, check_file, decode_for_size, is_url
-from tlkit.data.decoded import DecodedStore, cache_home, folder_digest
+from tlkit.data.decoded import Copy, DecodedStore, PackWriter, cache_home, folder_digest
 from tlkit.data.imagesizes import header_size, sample_paths
 
 __all__ = [
@@ -99,8 +99,7 @@ class ScanOptions:
     index: int = 0
     all_sum: Callable[[np.ndarray], np.ndarray] | None = None  # sums an int64 array across workers
     keep_dir: Path | None = None
-    kept: dict[tuple[str, int], str] = field(default_factory=dict)  # (path, size) -> file of the decoded image
-    passes: int = 0  # decode passes made so far (names their kept files apart)
+    kept: dict[tuple[str, int], Copy] = field(default_factory=dict)  # (path, size) -> its decoded image's copy
     stores: list[DecodedStore] = field(default_factory=list)  # the stores this run's scans kept copies in
 
 
@@ -138,8 +137,9 @@ def current_options() -> ScanOptions:
     return _OPTIONS.get() or ScanOptions()
 
 
-def kept_files(paths: Sequence[str], size: int) -> list[str | None]:
-    """The file holding each of `paths` decoded at `size` by this run's scan (or kept from an earlier run), else None.
+def kept_files(paths: Sequence[str], size: int) -> list[Copy | None]:
+    """The copy (pack file, offset) of each of `paths` decoded at `size` by this run's scan (or kept from an
+    earlier run), else None.
 
     A file of another worker's shard has the copy that worker kept, once it has listed it: the chief
     evaluates every file of the test split, and would otherwise decode half of them again."""
@@ -154,8 +154,8 @@ def kept_files(paths: Sequence[str], size: int) -> list[str | None]:
     return found
 
 
-def kept_images(paths: Sequence[str], size: int) -> list[str] | None:
-    """Files holding `paths` decoded at `size` by this run's scan, or None unless every one was kept."""
+def kept_images(paths: Sequence[str], size: int) -> list[Copy] | None:
+    """The copies of `paths` decoded at `size` by this run's scan, or None unless every one was kept."""
     files = kept_files(paths, size)
     return None if any(f is None for f in files) else files  # type: ignore[return-value]
 
@@ -236,36 +236,42 @@ def _path_tensor(paths: Sequence[str]) -> tf.Tensor:
     return tf.constant([os.fsencode(p) for p in paths], tf.string)
 
 
-def _decode_pass(paths: list[str], options: ScanOptions, progress: bool, targets: list[str] | None) -> dict[int, tuple[int, int]]:
-    """Decode `paths` in one parallel tf.data pass; index -> (width, height) of those that decode.
+def _decode_pass(
+    paths: list[str], options: ScanOptions, progress: bool, writer: PackWriter | None
+) -> tuple[dict[int, tuple[int, int]], dict[int, Copy]]:
+    """Decode `paths` in one parallel tf.data pass: (index -> (width, height) of those that decode, index -> copy).
 
-    With `targets` each image is also resized to `options.size` and written (uint8 tensor proto) to its target.
+    With a `writer` each image is also resized to `options.size` and written into its packs here, on this
+    thread, while the pass decodes the next ones.
     """
     size = options.size
 
-    def check(i: tf.Tensor, path: tf.Tensor, target: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def check(i: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, ...]:
         contents = tf.io.read_file(path)
-        if targets is None:
+        if writer is None:
             return i, check_decodes(contents)
         small, hw = decode_for_size(contents, size)
-        with tf.control_dependencies([tf.io.write_file(target, tf.io.serialize_tensor(small))]):
-            return i, tf.identity(hw)
+        return i, hw, small
 
-    outputs = _path_tensor(targets) if targets is not None else tf.zeros([len(paths)], tf.string)
-    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), _path_tensor(paths), outputs))
-    ds = untuned(ds.map(check, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(64))
+    ds = tf.data.Dataset.from_tensor_slices((tf.range(len(paths), dtype=tf.int64), _path_tensor(paths)))
+    # prefetch: the pass decodes on while this thread writes a batch into its packs
+    ds = untuned(ds.map(check, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors().batch(64).prefetch(2))
     found: dict[int, tuple[int, int]] = {}
+    copies: dict[int, Copy] = {}
     with _progress(len(paths), progress) as update:
         done = 0
-        for idx, hw in ds:
-            for i, (h, w) in zip(idx.numpy().tolist(), hw.numpy().tolist()):
+        for idx, hw, *images in ds:
+            indices = idx.numpy().tolist()
+            for i, (h, w) in zip(indices, hw.numpy().tolist()):
                 found[i] = (int(w), int(h))
+            written = writer.write(images[0].numpy()) if writer is not None and indices else None
+            copies.update(zip(indices, written or []))
             # a dropped file is only known at the end: advance by the highest index seen
-            seen = int(idx.numpy().max()) + 1 if len(idx) else done
+            seen = max(indices) + 1 if indices else done
             update(max(0, seen - done))
             done = max(done, seen)
         update(len(paths) - done)
-    return found
+    return found, copies
 
 
 @contextmanager
@@ -282,37 +288,30 @@ def _progress(n: int, show: bool) -> Iterator[Callable[[int], None]]:
 # ----------------------------------------------------------------------------- the scan
 
 
-def _targets(paths: list[str], options: ScanOptions, store: DecodedStore | None, stats: dict) -> list[tuple[str, str]] | None:
-    """(written as, kept as) for each decoded copy: in the run's store under a temporary name (renamed once
-    complete), else in a temporary folder removed when the run ends; None when nothing is kept."""
-    if options.size is None or not paths:
-        return None
-    if store is not None and all(stats[p] is not None for p in paths):
-        finals = [store.target(p, stats[p]) for p in paths]
-        return [(f"{f}.{os.getpid()}.tmp", f) for f in finals]
+def _temporary_writer(options: ScanOptions) -> PackWriter:
+    """Copies kept only while the run lasts: a temporary folder, removed when `scan_options` ends."""
     if options.keep_dir is None:
-        options.keep_dir = Path(tempfile.mkdtemp(prefix="tlkit-decoded-"))  # removed when scan_options ends
-    options.passes += 1
-    files = [os.path.join(options.keep_dir, f"{options.passes}-{i}.tensor") for i in range(len(paths))]
-    return list(zip(files, files))
+        options.keep_dir = Path(tempfile.mkdtemp(prefix="tlkit-decoded-"))
+    return PackWriter(options.keep_dir, options.size)  # type: ignore[arg-type]
 
 
 def _check_mine(
     paths: list[str], options: ScanOptions, progress: bool, store: DecodedStore | None = None, stats: dict | None = None
 ) -> dict[str, tuple[str | None, tuple[int, int]]]:
-    """This worker's verdicts on `paths`: path -> (reason or None, (width, height)); the decoded copies kept."""
-    targets = _targets(paths, options, store, stats or {})
-    found = _decode_pass(paths, options, progress, [t[0] for t in targets] if targets else None) if paths else {}
+    """This worker's verdicts on `paths`: path -> (reason or None, (width, height)); the decoded copies kept,
+    in the run's store when every file has a size and time to key it by."""
+    stats = stats or {}
+    to_store = store is not None and all(stats[p] is not None for p in paths)
+    writer = None if options.size is None or not paths else store.writer() if to_store else _temporary_writer(options)
+    found, copies = _decode_pass(paths, options, progress, writer) if paths else ({}, {})
     verdicts: dict[str, tuple[str | None, tuple[int, int]]] = {}
     for i, path in enumerate(paths):
         if i in found:
             verdicts[path] = (None, found[i])
-            if targets is not None:
-                written, kept = targets[i]
-                if written != kept:
-                    os.replace(written, kept)
-                    store.add(path, stats[path], kept)  # type: ignore[union-attr, index]
-                options.kept[(path, options.size)] = kept  # type: ignore[index]
+            if i in copies:
+                if to_store:
+                    store.add(path, stats[path], copies[i])  # type: ignore[union-attr]
+                options.kept[(path, options.size)] = copies[i]  # type: ignore[index]
             continue
         reason = check_file(path)  # the same words as ever for a file the pass dropped
         verdicts[path] = (reason, (0, 0) if reason else _size_of(path))  # fine alone: the pass failed around it
