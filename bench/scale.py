@@ -17,8 +17,14 @@ every figure is also given as a ratio to a baseline measured right beside it):
   them), first and second run: wall time against one process, and each
   worker's decode time (its share of the scan) against one process's.
 
+With ``--reps N`` every figure is taken N times, D and each checkout's fixed
+start-up again each time right beside its runs, the checkouts taking turns
+(their order alternating); the summary gives the median and range of each
+ratio. On 2 shared cores one repetition can be 0.2 D off.
+
     python bench/scale.py                      # 1000 4000 16000 images
     python bench/scale.py --sizes 1000 --baseline /work/main   # also time another checkout (e.g. before)
+    python bench/scale.py --sizes 4000 --reps 3 --workers-at   # medians of 3, no workers
 
 Generated folders live in a temporary folder and are deleted at the end. Each
 class folder cycles through a few dozen distinct generated photos (decoding
@@ -255,29 +261,64 @@ def scan_seconds(folder: Path, cache: Path, workers: int, pythonpath: str | None
     return times
 
 
-def measure(n: int, work: Path, pool: list[list[bytes]], startup: dict, pythonpath: str | None, workers: bool, scans: bool) -> dict:
-    """One folder of n photos: D, then tlkit's runs, each as wall and CPU seconds and as multiples of D."""
-    folder = make_folder(work / f"photos{n}", n, pool)
-    row: dict = {"images": n, "D": plain_pass(folder), "D8": plain_pass(folder, ratio=8)}
+def one_rep(n: int, folder: Path, work: Path, tiny: Path, D: dict, label: str, pythonpath: str | None, rep: int,
+            workers: bool, scans: bool) -> dict:
+    """One repetition for one checkout: its fixed start-up, first and second run, two workers, as ratios to D."""
+    row: dict = {"D": D, "startup": {}}
+    tiny_recipe = recipe_file(work, tiny, f"tiny-{label}", batch=8)
+    tiny_cache = work / f"tiny-cache-{label}-{rep}"
+    for run in ("first", "second"):
+        row["startup"][run] = finetune(tiny_recipe, work / "run", tiny_cache, pythonpath)
     recipe = recipe_file(work, folder, f"scale{n}")
-    cache = work / f"cache{n}-{abs(hash(pythonpath))}"  # per checkout: one must not find the other's verdicts
+    cache = work / f"cache{n}-{label}-{rep}"  # per checkout and repetition: one must not find another's verdicts
     for run in ("first", "second"):
         r = finetune(recipe, work / "run", cache, pythonpath)
         row[run] = r
         for clock in ("wall", "cpu"):
-            row[f"{run}_D_{clock}"] = (r[clock] - startup[run][clock]) / row["D"][clock]
+            row[f"{run}_D_{clock}"] = (r[clock] - row["startup"][run][clock]) / D[clock]
+    shutil.rmtree(cache, ignore_errors=True)
     if workers:
-        shutil.rmtree(cache, ignore_errors=True)
         for run in ("first", "second"):
             r = two_workers(recipe, work / "run-mw", cache, pythonpath)
             row[f"workers_{run}"] = r
             row[f"workers_{run}_x_wall"] = max(w["wall"] for w in r) / row[run]["wall"]
             row[f"workers_{run}_x_cpu"] = sum(w["cpu"] for w in r) / row[run]["cpu"]
+        shutil.rmtree(cache, ignore_errors=True)
     if workers and scans:
         row["decode_one"] = scan_seconds(folder, work / "scan-cache", 1, pythonpath)[0]
         row["decode_two"] = scan_seconds(folder, work / "scan-cache", 2, pythonpath)
-    shutil.rmtree(folder, ignore_errors=True)
     return row
+
+
+def measure(n: int, work: Path, pool: list[list[bytes]], checkouts: list[tuple[str, str]], reps: int,
+            workers: bool) -> dict[str, list[dict]]:
+    """A folder of n photos, `reps` repetitions: D and D8 once each, then every checkout in turn (the order
+    alternating, so neither always runs on a machine the other has just warmed)."""
+    folder = make_folder(work / f"photos{n}", n, pool)
+    tiny = make_folder(work / "tiny", 40, pool)
+    rows: dict[str, list[dict]] = {label: [] for label, _ in checkouts}
+    for rep in range(reps):
+        D, D8 = plain_pass(folder), plain_pass(folder, ratio=8)
+        order = checkouts if rep % 2 == 0 else checkouts[::-1]
+        for label, path in order:
+            row = one_rep(n, folder, work, tiny, D, label, path, rep, workers, scans=label == "this" and rep == 0)
+            row.update(images=n, D8=D8, rep=rep)
+            rows[label].append(row)
+            print_row(row, f"{label}, repetition {rep + 1}")
+            print("JSON " + json.dumps({"checkout": label, **row}), flush=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def summary(rows: list[dict], label: str) -> None:
+    """Medians (and ranges) over the repetitions of the figures the issue's targets name."""
+    keys = ["first_D_wall", "first_D_cpu", "second_D_wall", "second_D_cpu", "workers_first_x_wall", "workers_second_x_wall"]
+    parts = []
+    for key in keys:
+        values = sorted(r[key] for r in rows if key in r)
+        if values:
+            parts.append(f"{key} {float(np.median(values)):.2f} ({values[0]:.2f}-{values[-1]:.2f})")
+    print(f"\n[{label}] {rows[0]['images']} images, median (range) of {len(rows)} repetition(s): " + ", ".join(parts), flush=True)
 
 
 def print_row(row: dict, label: str) -> None:
@@ -285,6 +326,9 @@ def print_row(row: dict, label: str) -> None:
     d, d8 = row["D"], row["D8"]
     print(f"\n[{label}] {row['images']} images: D {d['wall']:.1f} s wall / {d['cpu']:.1f} s CPU (plain pass); "
           f"D8 (same at 1/8 JPEG scale) {d8['wall'] / d['wall']:.2f} D wall, {d8['cpu'] / d['cpu']:.2f} D CPU")
+    first, second = row["startup"]["first"], row["startup"]["second"]
+    print(f"  fixed start-up (40 images): first {first['wall']:.1f} s wall / {first['cpu']:.1f} s CPU, "
+          f"second {second['wall']:.1f} / {second['cpu']:.1f} s")
     for run in ("first", "second"):
         r = row[run]
         print(
@@ -310,27 +354,18 @@ def main() -> None:
     parser.add_argument("--baseline", help="another checkout to time the same way (e.g. main, before this work)")
     parser.add_argument("--skip-this", action="store_true", help="time only the --baseline checkout")
     parser.add_argument("--workers-at", type=int, nargs="*", help="sizes with the two-worker runs (default: all)")
+    parser.add_argument("--reps", type=int, default=1, help="repetitions, checkouts interleaved; medians reported")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     pool = [[photo(rng) for _ in range(DISTINCT)] for _ in range(CLASSES)]
     work = Path(tempfile.mkdtemp(prefix="tlkit-scale-"))
     try:
         checkouts = ([] if args.skip_this else [("this", str(ROOT))]) + ([("baseline", args.baseline)] if args.baseline else [])
-        tiny = make_folder(work / "tiny", 40, pool)
-        startups = {}
-        for label, path in checkouts:
-            recipe = recipe_file(work, tiny, f"tiny-{label}", batch=8)
-            cache = work / f"tiny-cache-{label}"
-            startups[label] = {run: finetune(recipe, work / "run", cache, path) for run in ("first", "second")}
-            first, second = startups[label]["first"], startups[label]["second"]
-            print(f"[{label}] fixed start-up (40 images): first {first['wall']:.1f} s wall / {first['cpu']:.1f} s CPU, "
-                  f"second {second['wall']:.1f} / {second['cpu']:.1f} s", flush=True)
         for n in args.sizes:
-            for label, path in checkouts:
-                workers = args.workers_at is None or n in args.workers_at
-                row = measure(n, work, pool, startups[label], path, workers=workers, scans=label == "this")
-                print_row(row, label)
-                print("JSON " + json.dumps({"checkout": label, **row}), flush=True)
+            workers = args.workers_at is None or n in args.workers_at
+            rows = measure(n, work, pool, checkouts, args.reps, workers)
+            for label, _ in checkouts:
+                summary(rows[label], label)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
