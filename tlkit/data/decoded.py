@@ -19,9 +19,9 @@ half-written copy that a later run would read.
 Copies are packed: a few dozen small images share one file of about
 ``PACK_BYTES`` (raw uint8 pixels, one image after another), and a copy is
 named by its file and offset. Creating a file costs more than writing one
-small image: at 4000 photos and 64 px, one file per image took 2.5 s of a 6 s
-scan on 2 cores; packs take a few hundredths of a second. Reading one image
-reads its pack (at most ``PACK_BYTES`` from the page cache).
+small image: at 4000 photos and 64 px, one file per image added 2.5 s to a
+3.6 s decode pass on 2 cores; packs add a few hundredths of a second. Reading
+one image reads its pack (at most ``PACK_BYTES``, from the page cache).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ __all__ = ["Copy", "DecodedStore", "PackWriter", "cache_home", "folder_digest", 
 STORE_FORMAT = 2  # 1: one tensor-proto file per image
 DEFAULT_BUDGET_MB = 4096
 PACK_BYTES = 256 * 1024  # images packed per file up to this (at least one)
-_PER_FILE_OVERHEAD = 64  # bytes of file-system bookkeeping per image, roughly
+_PER_IMAGE_OVERHEAD = 64  # bytes of index and file-system bookkeeping per image, roughly
 
 Copy = tuple[str, int]  # (pack file, byte offset) of one decoded image: uint8 [size, size, 3], row-major
 _IN_USE_SECONDS = 600  # a store written this recently may belong to a running run: never evicted
@@ -131,7 +131,7 @@ class DecodedStore:
     @staticmethod
     def fits(images: int, size: int) -> bool:
         """Whether `images` copies at `size` fit the budget at all (else the run keeps them only while it runs)."""
-        return images * (record_bytes(size) + _PER_FILE_OVERHEAD) <= store_budget()
+        return images * (record_bytes(size) + _PER_IMAGE_OVERHEAD) <= store_budget()
 
     def copy_of(self, path: str, stat: tuple[int, int] | None) -> Copy | None:
         """The kept copy of `path` as it is now (same size and time), if one exists."""
