@@ -317,3 +317,37 @@ def test_shards_spread_small_numbered_folders_over_the_workers():
     for workers in (2, 3):
         counts = np.bincount([shard_of(f"/data/cat/photo_{i:04d}.jpg", workers) for i in range(600)], minlength=workers)
         assert counts.min() > 0.8 * 600 / workers, counts
+
+
+def test_tlkit_cache_lists_and_clears_what_runs_remember(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from tlkit.cli import cli
+    from tlkit.data.scan import scan_images, scan_options
+
+    monkeypatch.setenv("TLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    folder = _folder(tmp_path / "data")
+    other = _folder(tmp_path / "other", per_class=2, bad=False)
+    for root in (folder, other):
+        paths = sorted(str(p) for p in root.rglob("*.jpg"))
+        with scan_options(16):
+            scan_images(paths, root=root, progress=False)
+    runner = CliRunner()
+    listing = runner.invoke(cli, ["cache"]).output
+    rows = [line.split() for line in listing.splitlines()[2:]]  # under the header lines
+    assert sorted((r[0], r[1], r[2], r[-1]) for r in rows) == [
+        ("decoded", "16", "10", str(folder)),  # the good images' copies
+        ("decoded", "16", "4", str(other)),
+        ("scan", "-", "11", str(folder)),  # every verdict, the broken file's too
+        ("scan", "-", "4", str(other)),
+    ]
+    assert str(other) not in runner.invoke(cli, ["cache", str(folder)]).output
+
+    cleared = runner.invoke(cli, ["cache", "--clear", str(folder)]).output
+    assert "removed 1 entry" in cleared and "a run may be reading it" in cleared  # the copies just written stay
+    assert "removed 1 entry" in runner.invoke(cli, ["cache", "--clear", "--force", str(folder)]).output
+    assert "nothing remembered" in runner.invoke(cli, ["cache", str(folder)]).output
+    assert len([line for line in runner.invoke(cli, ["cache"]).output.splitlines() if str(other) in line]) == 2
+    with scan_options(16):
+        paths = sorted(str(p) for p in folder.rglob("*.jpg"))
+        assert scan_images(paths, root=folder, progress=False).checked == 11  # checked and decoded again

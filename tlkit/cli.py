@@ -360,6 +360,41 @@ def show_recipe(recipe: str | None, sets: tuple[str, ...], reference: bool) -> N
     click.echo(load_recipe(recipe or "quickstart", list(sets)).to_yaml(), nl=False)
 
 
+@cli.command()
+@click.argument("folder", required=False)
+@click.option("--clear", is_flag=True, help="Remove the entries (all, or FOLDER's): the next run checks and decodes again.")
+@click.option("--force", is_flag=True, help="With --clear: also decoded copies written in the last 10 minutes.")
+@_handle_errors
+def cache(folder: str | None, clear: bool, force: bool) -> None:
+    """Show what tlkit remembers between runs (scans, decoded copies), for every data folder or FOLDER; --clear it."""
+    from tlkit.data.cachefolder import cache_entries, clear_cache
+    from tlkit.data.decoded import cache_home, store_budget
+
+    if clear:
+        removed, kept = clear_cache(folder, force=force)
+        click.echo(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({_mb(sum(e.bytes for e in removed))})")
+        for entry in kept:
+            click.echo(f"kept {entry.path}: written in the last 10 minutes, a run may be reading it (--force removes it)")
+        return
+    entries = cache_entries(folder)
+    decoded = sum(e.bytes for e in entries if e.kind == "decoded")
+    click.echo(f"{cache_home()}: decoded copies {_mb(decoded)} of {_mb(store_budget())} (TLKIT_DECODED_CACHE_MB)")
+    if not entries:
+        click.echo("nothing remembered" + (f" for {folder}" if folder else ""))
+        return
+    import time
+
+    click.echo(f"{'kind':<8} {'px':>4} {'images':>8} {'size':>10}  {'written':<16}  folder")
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.written))
+        px = str(e.size) if e.size else "-"
+        click.echo(f"{e.kind:<8} {px:>4} {e.images:>8} {_mb(e.bytes):>10}  {when:<16}  {e.folder or '(not recorded) ' + e.path.name}")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1024**2:.1f} MB"
+
+
 @cli.command("local-workers", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("workers", type=click.IntRange(min=1))
 @click.argument("args", nargs=-1, type=click.UNPROCESSED, required=True)

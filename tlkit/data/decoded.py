@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Copy", "DecodedStore", "PackWriter", "cache_home", "folder_digest", "record_bytes", "store_budget"]
+__all__ = ["Copy", "DecodedStore", "IN_USE_SECONDS", "PackWriter", "absolute_root", "cache_home", "folder_digest", "record_bytes", "store_budget"]
 
 STORE_FORMAT = 2  # 1: one tensor-proto file per image
 DEFAULT_BUDGET_MB = 4096
@@ -45,7 +45,7 @@ PACK_BYTES = 256 * 1024  # images packed per file up to this (at least one)
 _PER_IMAGE_OVERHEAD = 64  # bytes of index and file-system bookkeeping per image, roughly
 
 Copy = tuple[str, int]  # (pack file, byte offset) of one decoded image: uint8 [size, size, 3], row-major
-_IN_USE_SECONDS = 600  # a store written this recently may belong to a running run: never evicted
+IN_USE_SECONDS = 600  # a store written this recently may belong to a running run: never evicted
 
 
 def cache_home() -> Path:
@@ -55,6 +55,12 @@ def cache_home() -> Path:
         return Path(explicit).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "tlkit"
+
+
+def absolute_root(root: str | os.PathLike[str]) -> str:
+    """The name a data folder (or CSV, or bucket path with a scheme) is remembered by: absolute, as given for URLs."""
+    text = os.fspath(root)
+    return text if "://" in text else os.path.abspath(text)
 
 
 def folder_digest(root: str) -> str:
@@ -112,7 +118,7 @@ class DecodedStore:
 
     def __init__(self, root: str, size: int, index: int = 0, fresh: bool = False):
         self.dir = cache_home() / "decoded" / f"{folder_digest(root)}-{size}"
-        self.size, self.index = size, index
+        self.root, self.size, self.index = root, size, index
         self.entries: dict[str, list[Any]] = {}  # path -> [file size, mtime_ns, pack name, byte offset]
         self.added: dict[str, list[Any]] = {}
         if not fresh:  # --rescan: what earlier runs listed is ignored
@@ -159,7 +165,7 @@ class DecodedStore:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             listed = {}
         listed.update(self.added)
-        payload = {"format": STORE_FORMAT, "size": self.size, "files": listed}
+        payload = {"format": STORE_FORMAT, "size": self.size, "root": self.root, "files": listed}
         try:
             tmp = mine.with_name(f".{mine.name}.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(payload))
@@ -168,7 +174,7 @@ class DecodedStore:
             return  # a read-only cache: the next run decodes again
         for left in [*self.dir.glob("*.tmp"), *self.dir.glob("*.tensor")]:  # killed runs' packs; format 1's copies
             try:
-                if time.time() - left.stat().st_mtime > _IN_USE_SECONDS:
+                if time.time() - left.stat().st_mtime > IN_USE_SECONDS:
                     left.unlink()
             except OSError:
                 pass
@@ -188,7 +194,7 @@ def evict(keep: Path) -> None:
     for written, folder in sorted(stores, key=lambda s: s[0]):
         if total <= budget:
             break
-        if folder == keep or now - written < _IN_USE_SECONDS:
+        if folder == keep or now - written < IN_USE_SECONDS:
             continue
         shutil.rmtree(folder, ignore_errors=True)
         total -= sizes[folder]

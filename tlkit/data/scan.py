@@ -48,7 +48,7 @@ import tensorflow as tf
 
 from tlkit.data.autotune import untuned
 from tlkit.data.decode import check_decodes, check_file, decode_for_size, is_url
-from tlkit.data.decoded import Copy, DecodedStore, PackWriter, cache_home, folder_digest
+from tlkit.data.decoded import Copy, DecodedStore, PackWriter, absolute_root, cache_home, folder_digest
 from tlkit.data.imagesizes import header_size, sample_paths
 
 __all__ = [
@@ -70,11 +70,7 @@ _SUM_CHUNK = 1 << 20  # verdict rows summed across workers per collective
 
 def verdict_file(root: str | os.PathLike[str]) -> Path:
     """Where the verdicts of the folder (or CSV, or bucket path) `root` are remembered."""
-    return cache_home() / "scans" / f"{folder_digest(_absolute(root))}.json"
-
-
-def _absolute(root: str | os.PathLike[str]) -> str:
-    return os.fspath(root) if is_url(root) else os.path.abspath(os.fspath(root))
+    return cache_home() / "scans" / f"{folder_digest(absolute_root(root))}.json"
 
 
 def shard_of(path: str, workers: int) -> int:
@@ -191,6 +187,7 @@ class _Verdicts:
 
     def __init__(self, root: str | None, options: ScanOptions):
         self.file = verdict_file(root) if root is not None and options.remember else None
+        self.root = absolute_root(root) if root is not None else None
         self.entries: dict[str, list[Any]] = {}
         self.changed = False
         if self.file is not None and not options.rescan:
@@ -218,7 +215,7 @@ class _Verdicts:
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # one per writer
-            tmp.write_text(json.dumps({"format": VERDICT_FORMAT, "files": self.entries}))
+            tmp.write_text(json.dumps({"format": VERDICT_FORMAT, "root": self.root, "files": self.entries}))
             os.replace(tmp, self.file)
         except OSError as err:  # a read-only home must not stop training: the next run checks again
             print(f"warning: could not remember the scan in {self.file} ({err.strerror or err})", file=sys.stderr)
@@ -414,7 +411,7 @@ def _store(root: str | os.PathLike[str] | None, images: int, options: ScanOption
     """The store that keeps this run's decoded copies for the next run (tlkit.data.decoded), if they fit."""
     if options.size is None or root is None or not options.remember or not DecodedStore.fits(images, options.size):
         return None
-    store = DecodedStore(_absolute(root), options.size, options.index, fresh=options.rescan)
+    store = DecodedStore(absolute_root(root), options.size, options.index, fresh=options.rescan)
     options.stores.append(store)
     return store
 
