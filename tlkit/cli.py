@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 from typing import Any, Callable
 
 import click
@@ -382,8 +383,6 @@ def cache(folder: str | None, clear: bool, force: bool) -> None:
     if not entries:
         click.echo("nothing remembered" + (f" for {folder}" if folder else ""))
         return
-    import time
-
     click.echo(f"{'kind':<8} {'px':>4} {'images':>8} {'size':>10}  {'written':<16}  folder")
     for e in entries:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.written))

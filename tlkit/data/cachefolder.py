@@ -47,35 +47,42 @@ def _read_json(file: Path) -> dict:
         return {}
 
 
-def _scans(home: Path) -> list[CacheEntry]:
-    entries = []
-    for file in sorted((home / "scans").glob("*.json")):
-        data = _read_json(file)
-        stat = file.stat()
-        files = data.get("files") if isinstance(data.get("files"), dict) else {}
-        entries.append(CacheEntry("scan", file, data.get("root"), len(files), stat.st_size, stat.st_mtime))
-    return entries
+def _scan_entry(file: Path) -> CacheEntry:
+    data = _read_json(file)
+    stat = file.stat()
+    files = data.get("files") if isinstance(data.get("files"), dict) else {}
+    return CacheEntry("scan", file, data.get("root"), len(files), stat.st_size, stat.st_mtime)
 
 
-def _stores(home: Path) -> list[CacheEntry]:
+def _store_entry(folder: Path) -> CacheEntry:
+    indexes = [_read_json(f) for f in folder.glob("index-*.json")]
+    listed: set[str] = set()
+    for data in indexes:
+        listed.update(data.get("files") or {})
+    root = next((d.get("root") for d in indexes if d.get("root")), None)
+    size = next((d.get("size") for d in indexes if isinstance(d.get("size"), int)), None)
+    stats = [f.stat() for f in folder.iterdir() if f.is_file()]
+    written = max((s.st_mtime for s in stats), default=folder.stat().st_mtime)
+    return CacheEntry("decoded", folder, root, len(listed), sum(s.st_size for s in stats), written, size)
+
+
+def _entries(home: Path) -> list[CacheEntry]:
+    """Every entry; one that vanishes while it is read (another run evicting it) is left out."""
+    places = [(_scan_entry, f) for f in sorted((home / "scans").glob("*.json"))]
+    places += [(_store_entry, d) for d in sorted((home / "decoded").glob("*")) if d.is_dir()]
     entries = []
-    for folder in sorted(p for p in (home / "decoded").glob("*") if p.is_dir()):
-        indexes = [(f, _read_json(f)) for f in folder.glob("index-*.json")]
-        listed: set[str] = set()
-        for _, data in indexes:
-            listed.update(data.get("files") or {})
-        root = next((d.get("root") for _, d in indexes if d.get("root")), None)
-        size = next((d.get("size") for _, d in indexes if isinstance(d.get("size"), int)), None)
-        files = [f for f in folder.iterdir() if f.is_file()]
-        written = max((f.stat().st_mtime for f in files), default=folder.stat().st_mtime)
-        entries.append(CacheEntry("decoded", folder, root, len(listed), sum(f.stat().st_size for f in files), written, size))
+    for read, place in places:
+        try:
+            entries.append(read(place))
+        except OSError:
+            continue
     return entries
 
 
 def cache_entries(folder: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
     """Every entry of the cache folder, or only those of the data `folder`; most recently written first."""
     home = cache_home()
-    entries = _scans(home) + _stores(home)
+    entries = _entries(home)
     if folder is not None:
         entries = [e for e in entries if e.belongs_to(folder)]
     return sorted(entries, key=lambda e: -e.written)
