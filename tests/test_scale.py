@@ -342,6 +342,7 @@ def test_tlkit_cache_lists_and_clears_what_runs_remember(tmp_path, monkeypatch):
         ("scan", "-", "4", str(other)),
     ]
     assert str(other) not in runner.invoke(cli, ["cache", str(folder)]).output
+    assert runner.invoke(cli, ["cache", "--force"]).exit_code == 2  # --force only with --clear
 
     cleared = runner.invoke(cli, ["cache", "--clear", str(folder)]).output
     assert "removed 1 entry" in cleared and "a run may be reading it" in cleared  # the copies just written stay

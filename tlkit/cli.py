@@ -371,6 +371,8 @@ def cache(folder: str | None, clear: bool, force: bool) -> None:
     from tlkit.data.cachefolder import cache_entries, clear_cache
     from tlkit.data.decoded import cache_home, store_budget
 
+    if force and not clear:
+        raise click.UsageError("--force goes with --clear: `tlkit cache --clear --force [FOLDER]`")
     if clear:
         removed, kept = clear_cache(folder, force=force)
         click.echo(f"removed {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} ({_mb(sum(e.bytes for e in removed))})")
