@@ -215,22 +215,26 @@ def test_decoded_copies_are_kept_for_the_next_run(tmp_path, monkeypatch):
     """The next run on a folder at the same size decodes nothing (a changed file again); copies equal a decode."""
     from tlkit.data.decode import decode_resized
     from tlkit.data.pipeline import image_stream
-    from tlkit.data.scan import kept_images, scan_images, scan_options
+    from tlkit.data.scan import kept_images, scan_images, scan_options, scan_summary
 
     monkeypatch.setenv("TLKIT_CACHE_DIR", str(tmp_path / "cache"))
     folder = _folder(tmp_path / "data")
     paths = sorted(str(p) for p in folder.rglob("*.jpg"))
     good = [p for p in paths if not p.endswith("broken.jpg")]
 
+    said = []
+
     def run(size=16, **options):
         with scan_options(size, **options):
             scan = scan_images(paths, root=folder, progress=False)
+            said.append(scan_summary())
             ds, read_copies = image_stream(good, [0] * len(good), size)
             return scan.checked, read_copies, [img.numpy() for img, _ in ds]
 
     assert run()[:2] == (11, True)  # first run: every file decoded once, by the scan
     checked, read_copies, images = run()
     assert (checked, read_copies) == (0, True)  # next run: no decode at all
+    assert said[0].startswith("11 files checked and decoded once") and said[1].startswith("11 files remembered")
     for path, image in zip(good, images):
         assert np.array_equal(image, decode_resized(tf.io.read_file(path), 16).numpy())
     assert run(size=8)[0] == 10  # another input size: its own copies (the broken file is remembered as bad)

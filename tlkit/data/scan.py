@@ -59,6 +59,7 @@ __all__ = [
     "kept_images",
     "scan_images",
     "scan_options",
+    "scan_summary",
     "shard_of",
     "verdict_file",
 ]
@@ -97,6 +98,9 @@ class ScanOptions:
     keep_dir: Path | None = None
     kept: dict[tuple[str, int], Copy] = field(default_factory=dict)  # (path, size) -> its decoded image's copy
     stores: list[DecodedStore] = field(default_factory=list)  # the stores this run's scans kept copies in
+    files: int = 0  # files the run's scans were given (each once), for `scan_summary`
+    checked: int = 0  # of those, decoded by this process (the rest remembered, or another worker's)
+    seconds: float = 0.0
 
 
 _OPTIONS: contextvars.ContextVar[ScanOptions | None] = contextvars.ContextVar("tlkit_scan_options", default=None)
@@ -387,7 +391,26 @@ def scan_images(
     good = [p for p in str_paths if verdicts[p][0] is None]
     bad = [(p, verdicts[p][0]) for p in str_paths if verdicts[p][0] is not None]
     sizes = {p: verdicts[p][1] for p in good}
-    return ScanResult(good, bad, sizes, len(mine) + len(again), time.perf_counter() - started)  # type: ignore[arg-type]
+    result = ScanResult(good, bad, sizes, len(mine) + len(again), time.perf_counter() - started)  # type: ignore[arg-type]
+    options.files, options.checked, options.seconds = options.files + len(unique), options.checked + result.checked, options.seconds + result.seconds
+    return result
+
+
+def scan_summary() -> str | None:
+    """One line on what this run's scans decoded and what they found remembered (None before any scan)."""
+    options = current_options()
+    if not options.files:
+        return None
+    if not options.checked:
+        return f"{options.files} files remembered from an earlier run, none decoded again (`tlkit cache`; --rescan checks again)"
+    kept = " (kept for the next run: `tlkit cache`)" if options.remember else ""
+    if options.checked >= options.files:
+        return f"{options.files} files checked and decoded once in {options.seconds:.1f} s{kept}"
+    others = " or another worker's" if options.workers > 1 else ""
+    return (
+        f"{options.files} files: {options.checked} checked and decoded in {options.seconds:.1f} s, "
+        f"{options.files - options.checked} remembered{others}{kept}"
+    )
 
 
 def _choose_size(paths: list[str], entries: dict[str, Any], options: ScanOptions) -> None:

@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import keras
 
 from tlkit import distribute, runs
-from tlkit.data.scan import scan_options
+from tlkit.data.scan import scan_options, scan_summary
 from tlkit.data.sources import require_source
 from tlkit.errors import TlkitError
 from tlkit.models.parts import probability_fn
@@ -293,6 +293,9 @@ class FineTuneRun:
         lines = [f"tlkit finetune: {rec.name} -> {self.run_path}", f"  data      {bundle.description}"]
         lines += [f"  {line}" for line in self.task.describe(rec, bundle)]  # the task's lines, indented as the rest
         lines.append("  splits    " + ", ".join(f"{k} {v.size}" for k, v in bundle.splits.items()))
+        scanned = scan_summary()
+        if scanned:
+            lines.append(f"  scan      {scanned}")
         if bundle.skipped:
             lines.append(f"  skipped   {len(bundle.skipped)} unreadable file(s), listed in {self.run_path / runs.SKIPPED}")
         if bundle.excluded:
