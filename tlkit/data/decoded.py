@@ -60,7 +60,7 @@ def cache_home() -> Path:
 def absolute_root(root: str | os.PathLike[str]) -> str:
     """The name a data folder (or CSV, or bucket path with a scheme) is remembered by: absolute, as given for URLs."""
     text = os.fspath(root)
-    return text if "://" in text else os.path.abspath(text)
+    return text if "://" in text else os.path.abspath(text)  # decode.is_url's test, without importing TensorFlow
 
 
 def folder_digest(root: str) -> str:

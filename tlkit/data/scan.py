@@ -392,7 +392,9 @@ def scan_images(
     bad = [(p, verdicts[p][0]) for p in str_paths if verdicts[p][0] is not None]
     sizes = {p: verdicts[p][1] for p in good}
     result = ScanResult(good, bad, sizes, len(mine) + len(again), time.perf_counter() - started)  # type: ignore[arg-type]
-    options.files, options.checked, options.seconds = options.files + len(unique), options.checked + result.checked, options.seconds + result.seconds
+    options.files += len(unique)
+    options.checked += result.checked
+    options.seconds += result.seconds
     return result
 
 
