@@ -253,6 +253,28 @@ def test_decoded_copies_are_kept_for_the_next_run(tmp_path, monkeypatch):
     assert len(stores) == 1 and len(list(stores[0].glob("*.pack"))) <= 4  # a few packs, not a file per image
 
 
+def test_copies_read_back_in_any_order_each_with_its_own_target(tmp_path, monkeypatch):
+    """Paths in any order, spread over several packs: each image equals its decode and keeps its target."""
+    from tlkit.data.decode import decode_resized
+    from tlkit.data.pipeline import image_stream
+    from tlkit.data.scan import scan_images, scan_options
+
+    monkeypatch.setenv("TLKIT_CACHE_DIR", str(tmp_path / "cache"))
+    folder = _folder(tmp_path / "data", per_class=30, bad=False)
+    paths = sorted(str(p) for p in folder.rglob("*.jpg"))
+    order = list(np.random.default_rng(3).permutation(len(paths)))[:45] + [0, 0]  # a subset, shuffled, a repeat
+    with scan_options(64):
+        scan_images(paths, root=folder, progress=False)
+        ds, read_copies = image_stream([paths[i] for i in order], [[i, -i] for i in order], 64)
+        got = [(img.numpy(), y.numpy().tolist()) for img, y in ds]
+    packs = {p for p in (tmp_path / "cache" / "decoded").rglob("*.pack")}
+    assert read_copies and len(packs) >= 3
+    assert ds.cardinality() == len(order)  # fit() and its progress bar know an epoch's length
+    assert [y for _, y in got] == [[i, -i] for i in order]
+    for (image, _), i in zip(got, order):
+        assert np.array_equal(image, decode_resized(tf.io.read_file(paths[i]), 64).numpy())
+
+
 def test_a_cache_folder_that_cannot_be_written_still_trains_on_every_image(tmp_path, monkeypatch, capsys):
     """Nothing can be remembered or kept (the cache path is a file): the scan still gives every verdict and
     the pipeline decodes the images itself."""

@@ -17,7 +17,7 @@ import tensorflow as tf
 from tlkit.data.autotune import untuned
 from tlkit.data.bundle import SplitData
 from tlkit.data.decode import decode_resized, resize_image
-from tlkit.data.decoded import record_bytes
+from tlkit.data.decoded import Copy, record_bytes
 from tlkit.data.scan import kept_files
 from tlkit.recipe import Augment
 
@@ -96,6 +96,8 @@ def image_stream(paths: list[str], targets: Any, size: int) -> tuple[tf.data.Dat
     there are some, else each file decoded now at the cheapest JPEG scale that covers `size` (`decode_resized`).
     """
     kept = kept_files(paths, size)
+    if all(k is not None for k in kept):
+        return read_copies(kept, targets, size), True  # type: ignore[arg-type]
     have = [k is not None for k in kept]
     files = tf.constant([os.fsencode(k[0] if k is not None else p) for k, p in zip(kept, paths)])
     offsets = tf.constant([k[1] if k is not None else 0 for k in kept], tf.int64)
@@ -108,10 +110,9 @@ def image_stream(paths: list[str], targets: Any, size: int) -> tuple[tf.data.Dat
     def decode(file: tf.Tensor, _offset: tf.Tensor) -> tf.Tensor:
         return decode_resized(tf.io.read_file(file), size)
 
-    if all(have) or not any(have):
-        read = read_copy if all(have) else decode
+    if not any(have):
         ds = tf.data.Dataset.from_tensor_slices((files, offsets, tf.constant(targets)))
-        return ds.map(lambda file, at, target: (read(file, at), target), num_parallel_calls=AUTOTUNE), all(have)
+        return ds.map(lambda file, at, target: (decode(file, at), target), num_parallel_calls=AUTOTUNE), False
     ds = tf.data.Dataset.from_tensor_slices((files, offsets, tf.constant(have), tf.constant(targets)))
     return ds.map(
         lambda file, at, is_copy, target: (
@@ -120,6 +121,28 @@ def image_stream(paths: list[str], targets: Any, size: int) -> tuple[tf.data.Dat
         ),
         num_parallel_calls=AUTOTUNE,
     ), False
+
+
+def read_copies(kept: list[Copy], targets: Any, size: int) -> tf.data.Dataset:
+    """(uint8 image, target) from decoded copies, in the order given, reading each pack once per run of
+    consecutive copies in it.
+
+    The scan packs files in their folder order and a split keeps that order, so a run is most of a pack:
+    reading the pack for each image instead read each byte about 20 times (0.4 s of a 4000-photo epoch)."""
+    starts = [i for i in range(len(kept)) if i == 0 or kept[i][0] != kept[i - 1][0]]
+    record = record_bytes(size)
+    files = tf.constant([os.fsencode(kept[i][0]) for i in starts])
+    offsets = tf.RaggedTensor.from_row_starts(tf.constant([k[1] for k in kept], tf.int32), starts)
+    target_runs = tf.RaggedTensor.from_row_starts(tf.constant(targets), starts)
+
+    def read_run(file: tf.Tensor, at: tf.Tensor, run_targets: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        pixels = tf.strings.substr(tf.io.read_file(file), at, tf.fill(tf.shape(at), record))
+        images = tf.reshape(tf.io.decode_raw(pixels, tf.uint8, fixed_length=record), [-1, size, size, 3])
+        return images, run_targets
+
+    ds = tf.data.Dataset.from_tensor_slices((files, offsets, target_runs))
+    ds = ds.map(read_run, num_parallel_calls=AUTOTUNE).unbatch()
+    return ds.apply(tf.data.experimental.assert_cardinality(len(kept)))  # unbatch loses it: fit() and progress bars count on it
 
 
 def cache_dataset(ds: tf.data.Dataset, nbytes: int, cache: bool, cache_dir: str | Path | None, name: str) -> tf.data.Dataset:
