@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tlkit import tflogs
+from tlkit import tfimport, tflogs
 
 # what TensorFlow 2.21 wrote on this machine before tlkit caught it (one of each kind)
 TF_LINES = [
@@ -48,6 +48,21 @@ def test_light_commands_and_argument_errors_never_import_tensorflow():
     assert not [line for line in proc.stderr.splitlines() if tflogs.is_noise(line)]
 
 
+def test_the_cli_imports_tensorflow_without_garbage_collections_and_quietly():
+    """The collector stays out of TensorFlow's import (a second of start-up) and is back on after it."""
+    code = (
+        "import gc, sys\nfrom tlkit import cli, tfimport, tflogs\n"
+        "runs = []\ngc.callbacks.append(lambda phase, info: phase == 'start' and runs.append(info['generation']))\n"
+        "tfimport.around_import('gc', tfimport.without_gc)\n"
+        "import tensorflow\nduring = len(runs)\nobjects = [[i] for i in range(100_000)]\n"
+        "print('DURING', during, 'AFTER', len(runs) - during, 'ON', gc.isenabled(), file=sys.stderr)\n"
+    )
+    proc = _fresh(code)
+    assert "DURING 0 AFTER " in proc.stderr and "ON True" in proc.stderr, proc.stderr
+    assert int(proc.stderr.split("AFTER ")[1].split()[0]) > 0  # later garbage is still collected
+    assert not [line for line in proc.stderr.splitlines() if tflogs.is_noise(line)]  # both wraps ran
+
+
 def test_backbones_prints_the_registry_table_with_parameter_counts():
     from tlkit.models.backbones import list_backbones
 
@@ -82,7 +97,7 @@ def test_tf_logs_env_and_flag_leave_tensorflow_alone(monkeypatch):
     monkeypatch.setenv(tflogs.ENV, "1")
     monkeypatch.delenv(tflogs.LEVEL, raising=False)
     tflogs.install()
-    assert tflogs.LEVEL not in os.environ and not any(type(f).__name__ == "_QuietImport" for f in sys.meta_path)
+    assert tflogs.LEVEL not in os.environ and not tfimport.hooked(tflogs.HOOK)
     monkeypatch.setenv(tflogs.ENV, "0")
     assert not tflogs.shown()
     from click.testing import CliRunner

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import click
 
-from tlkit import lingering, tflogs
+from tlkit import lingering, tfimport, tflogs
 from tlkit.formats import FORMATS, QUANTIZE_MODES  # the registry only: no TensorFlow import
 
 tflogs.install()  # TensorFlow's start-up lines stay off the terminal (TLKIT_TF_LOGS=1 / --tf-logs: shown)
@@ -411,6 +411,7 @@ def local_workers(workers: int, args: tuple[str, ...]) -> None:
 
 
 def main() -> None:
+    tfimport.around_import("gc", tfimport.without_gc)  # a second off a command's start-up (see without_gc)
     try:
         cli(prog_name="tlkit")
     except SystemExit as done:

@@ -6,7 +6,7 @@ Python logging exists and, for the absl ones, whatever TF_CPP_MIN_LOG_LEVEL says
 cuda drivers`, the CPU-instructions note, and `E0000 ... failed call to cuInit` when the
 devices are first listed (a user reads that E-line as an error). `install()` sets
 TF_CPP_MIN_LOG_LEVEL=2 (unless the user set it), and when `tensorflow` is first imported,
-wherever that happens, it catches fd 2 during the import and the device listing and
+wherever that happens (tlkit.tfimport), it catches fd 2 during the import and the device listing and
 writes back every caught line that is not TensorFlow's own (a failed import gets all of
 them back). `TLKIT_TF_LOGS=1` (or `tlkit --tf-logs`) leaves every line alone.
 
@@ -19,15 +19,16 @@ needs TensorFlow.
 from __future__ import annotations
 
 import contextlib
-import importlib.abc
-import importlib.util
 import os
 import re
 import sys
 import tempfile
-from typing import Any, Iterator
+from typing import Iterator
+
+from tlkit.tfimport import around_import, remove
 
 ENV = "TLKIT_TF_LOGS"
+HOOK = "tflogs"  # its name among the wraps of TensorFlow's import (tlkit.tfimport)
 LEVEL = "TF_CPP_MIN_LOG_LEVEL"
 
 #: lines TensorFlow (absl, TSL logging, the CPU-feature guard) writes on its own at start-up
@@ -71,12 +72,11 @@ def install() -> None:
     if shown():
         return
     quiet_level()
-    if "tensorflow" not in sys.modules and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
-        sys.meta_path.insert(0, _QuietImport())
+    around_import(HOOK, lambda _module: caught_stderr())
 
 
 def uninstall() -> None:
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _QuietImport)]
+    remove(HOOK)
 
 
 @contextlib.contextmanager
@@ -106,34 +106,3 @@ def caught_stderr() -> Iterator[None]:
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
-
-
-class _QuietLoader(importlib.abc.Loader):
-    """Runs the real loader of `tensorflow` with fd 2 caught, then lists the devices (TF's cuInit line) the same way."""
-
-    def __init__(self, loader: Any) -> None:
-        self.loader = loader
-
-    def create_module(self, spec: Any) -> Any:
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module: Any) -> None:
-        module.__loader__ = self.loader
-        if module.__spec__ is not None:
-            module.__spec__.loader = self.loader
-        with caught_stderr():
-            self.loader.exec_module(module)
-            module.config.list_physical_devices()
-
-
-class _QuietImport(importlib.abc.MetaPathFinder):
-    """Finds `tensorflow` once (through the other finders) and hands its import to `_QuietLoader`."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != "tensorflow":
-            return None
-        uninstall()
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _QuietLoader(spec.loader)
-        return spec
