@@ -59,6 +59,7 @@ CHILD = textwrap.dedent(
     """
     import json, os, resource, sys, time
     start = time.perf_counter()
+    import tlkit.cli  # what the `tlkit` command sets up before TensorFlow's import (its hooks)
     import keras
     import tlkit
     from tlkit.train import run as run_module

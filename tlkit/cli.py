@@ -14,6 +14,7 @@ from tlkit import lingering, tfimport, tflogs
 from tlkit.formats import FORMATS, QUANTIZE_MODES  # the registry only: no TensorFlow import
 
 tflogs.install()  # TensorFlow's start-up lines stay off the terminal (TLKIT_TF_LOGS=1 / --tf-logs: shown)
+tfimport.around_import("gc", tfimport.without_gc)  # a second off a command's start-up (see without_gc)
 
 UNSAFE_HELP = "Load a run's .keras file even if it carries Python code (Lambda layers): only for files you trust."
 TTA_HELP = "Test-time augmentation: average each image's and its mirror image's probabilities (masks flipped back)."
@@ -411,7 +412,6 @@ def local_workers(workers: int, args: tuple[str, ...]) -> None:
 
 
 def main() -> None:
-    tfimport.around_import("gc", tfimport.without_gc)  # a second off a command's start-up (see without_gc)
     try:
         cli(prog_name="tlkit")
     except SystemExit as done:
