@@ -34,7 +34,11 @@ def around_import(name: str, wrap: Wrap) -> None:
 def remove(name: str) -> None:
     _wraps.pop(name, None)
     if not _wraps:
-        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _Finder)]
+        _unhook()
+
+
+def _unhook() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _Finder)]
 
 
 def hooked(name: str) -> bool:
@@ -88,7 +92,7 @@ class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         if fullname != "tensorflow":
             return None
-        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _Finder)]
+        _unhook()
         spec = importlib.util.find_spec(fullname)
         if spec is not None and spec.loader is not None:
             spec.loader = _Loader(spec.loader)
