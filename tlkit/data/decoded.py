@@ -20,8 +20,9 @@ Copies are packed: a few dozen small images share one file of about
 ``PACK_BYTES`` (raw uint8 pixels, one image after another), and a copy is
 named by its file and offset. Creating a file costs more than writing one
 small image: at 4000 photos and 64 px, one file per image added 2.5 s to a
-3.6 s decode pass on 2 cores; packs add a few hundredths of a second. Reading
-one image reads its pack (at most ``PACK_BYTES``, from the page cache).
+3.6 s decode pass on 2 cores; packs add a few hundredths of a second. The
+pipeline reads a pack once for each run of consecutive copies in it
+(`tlkit.data.pipeline.read_copies`).
 """
 
 from __future__ import annotations
